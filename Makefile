@@ -1,0 +1,23 @@
+# Two commands (see README, Quick start):
+#   make demo   set everything up, then replay a shipped trace through every policy
+#   make test   set everything up, then lint and run the test suite
+PY := .venv/bin/python
+DEMO_TRACE ?= traces/synthetic-demo.npz
+
+.PHONY: setup demo test lint format bench
+setup:
+	@./scripts/setup.sh
+
+demo: setup
+	$(PY) -m h2osim.replay $(DEMO_TRACE) --policy all --budget 0.2
+
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+test: lint
+	$(PY) -m pytest
+
+format: setup
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .

@@ -1,0 +1,46 @@
+"""Shared command-line plumbing: user errors become one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from h2osim.trace import TraceError
+
+USER_ERRORS = (
+    TraceError,
+    ValueError,
+    FileNotFoundError,
+    KeyError,
+    PermissionError,
+    IsADirectoryError,
+)
+
+
+class UserError(Exception):
+    """Raised by CLIs for bad input that is not a ValueError (e.g. a missing install)."""
+
+
+def error_line(exc: BaseException) -> str:
+    """The one-line message for ``exc`` (KeyError's repr quotes are dropped)."""
+    message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+    return " ".join(str(message).split())
+
+
+def run_cli(
+    build_parser: Callable[[], argparse.ArgumentParser],
+    run: Callable[[argparse.Namespace], int],
+    argv: Sequence[str] | None = None,
+) -> int:
+    """Parse ``argv`` and call ``run``; bad input -> ``error: ...`` on stderr, exit 2."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except (UserError, *USER_ERRORS) as exc:
+        print(f"{parser.prog}: error: {error_line(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        return 130

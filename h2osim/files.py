@@ -1,0 +1,66 @@
+"""Atomic file writing.
+
+Every file h2osim writes (traces, reports, plots) goes through :func:`atomic_write`:
+the bytes land in a temporary file in the target's folder, are flushed and fsynced,
+and only then renamed over the target with ``os.replace``. A writer killed at any
+point (Ctrl-C, SIGTERM, SIGKILL, power loss after the fsync) therefore leaves either
+no file or the previous complete file at the target path, never a partial one.
+A SIGKILL can leave the hidden temporary file behind; it never has the target's name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO]:
+    """Open a temporary file next to ``path``; on success rename it onto ``path``.
+
+    Example: ``with atomic_write("out.npz") as f: np.savez(f, a=a)``.
+    If the block raises, the temporary file is removed and ``path`` is untouched.
+    """
+    if mode not in ("wb", "w"):
+        raise ValueError(f"mode must be 'wb' or 'w', got {mode!r}")
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"output folder {folder} does not exist; create it first")
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp_name, 0o666 & ~umask)  # mkstemp makes 0600; give the usual file mode
+    try:
+        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable where supported
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Atomically write a text file (UTF-8)."""
+    with atomic_write(path, "w") as handle:
+        handle.write(text)
+
+
+def save_figure(figure, path: str | os.PathLike[str], **kwargs) -> None:
+    """Atomically save a matplotlib figure; the format comes from the file suffix."""
+    suffix = Path(path).suffix.lstrip(".") or "png"
+    with atomic_write(path) as handle:
+        figure.savefig(handle, format=suffix, **kwargs)

@@ -1,0 +1,33 @@
+"""Eviction policies, one file each, registered by name with :func:`register`.
+
+Add a policy by adding a module here that defines a ``@register``-ed class; the CLI,
+the app and the test matrix all read :data:`POLICIES` through :func:`policy_names`.
+"""
+
+from h2osim.policies.base import (
+    POLICIES,
+    Policy,
+    ReplayContext,
+    ScorePolicy,
+    all_parameters,
+    lowest_scored,
+    make_policy,
+    param,
+    policy_class,
+    policy_names,
+    register,
+)
+
+__all__ = [
+    "POLICIES",
+    "Policy",
+    "ReplayContext",
+    "ScorePolicy",
+    "all_parameters",
+    "lowest_scored",
+    "make_policy",
+    "param",
+    "policy_class",
+    "policy_names",
+    "register",
+]

@@ -1,0 +1,171 @@
+"""What a policy is, what the engine shows it, and the one registry of policies.
+
+Follows libCacheSim's "one loop, many hooks" and kvpress's ``ScorerPress``: the replay
+engine (:mod:`h2osim.replay`) owns the only loop over steps; at step t it admits token
+t and, when a cache unit holds more than its budget k, asks the policy which tokens to
+evict. Most policies only rank the cached tokens (:class:`ScorePolicy`: higher score =
+more worth keeping); the engine then evicts the lowest-scored ones.
+
+Engine-wide rules every policy can rely on:
+
+- All arrays are shaped ``(units, positions)``: one row per cache unit (a (layer, KV
+  head) pair, or a (layer, query head) in per-head mode), one column per token 0..t.
+- The newest token t is never evicted at its own step, evicted tokens never return, and
+  ties in score are broken by evicting the oldest (lowest position) token first.
+- An online policy sees only rows already served (``observe``); it is never handed the
+  trace. An offline policy (``online = False``) gets ``context.unit_matrix`` up front.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ReplayContext:
+    """What a policy learns at :meth:`Policy.reset`, before step 0."""
+
+    units: int  # number of cache units replayed together
+    n: int  # trace length (steps 0..n-1)
+    budget: int  # k, tokens each unit may hold after eviction
+    prompt_length: int  # P, rows 0..P-1 are the prompt
+    unit_labels: tuple[tuple[int, int], ...]  # (model layer, KV head or query head) per unit
+    # Offline policies only: the unit's full (n, n) lower-triangular attention, already
+    # aggregated over the unit's query heads as the engine does. None for online policies.
+    unit_matrix: Callable[[int], np.ndarray] | None = None
+
+
+class Policy:
+    """Base class: subclasses are dataclasses whose fields are their hyperparameters.
+
+    A policy answers, at step t, which ``count`` tokens each unit should evict; it may
+    learn from every row served so far through :meth:`observe`.
+    """
+
+    name: ClassVar[str] = ""
+    online: ClassVar[bool] = True
+    keeps_everything: ClassVar[bool] = False  # True only for the no-eviction reference
+    summary: ClassVar[str] = ""
+
+    def reset(self, context: ReplayContext) -> None:
+        """Start a new replay. Default: remember the context."""
+        self.context = context
+
+    def observe(self, t: int, observed: np.ndarray, kept: np.ndarray) -> None:
+        """Row t as served: ``observed`` ``(units, t+1)`` attention (zero at evicted tokens in
+        the default renormalised mode) and ``kept``, the ``(units, t+1)`` bool cache contents
+        it was served over. Default: ignore."""
+
+    def evict(self, t: int, kept: np.ndarray, count: int) -> np.ndarray:
+        """Return ``(units, count)`` positions to evict at step t; ``kept`` is ``(units, t+1)`` bool."""
+        raise NotImplementedError
+
+    @classmethod
+    def parameters(cls) -> list[dataclasses.Field]:
+        """The hyperparameters (dataclass fields) of this policy."""
+        return list(dataclasses.fields(cls)) if dataclasses.is_dataclass(cls) else []
+
+    def describe(self) -> str:
+        """``name(param=value, ...)`` for tables and plots."""
+        values = ", ".join(f"{f.name}={getattr(self, f.name)}" for f in self.parameters())
+        return f"{self.name}({values})" if values else self.name
+
+
+class ScorePolicy(Policy):
+    """A policy that only ranks cached tokens; the lowest scores are evicted.
+
+    Subclasses implement :meth:`score`, returning ``(units, t+1)`` floats (higher =
+    keep). Scores of tokens no longer kept are ignored.
+    """
+
+    def score(self, t: int, kept: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def evict(self, t: int, kept: np.ndarray, count: int) -> np.ndarray:
+        return lowest_scored(self.score(t, kept), kept, count)
+
+
+def lowest_scored(scores: np.ndarray, kept: np.ndarray, count: int) -> np.ndarray:
+    """Positions of the ``count`` lowest-scored kept tokens per unit, never the newest.
+
+    Ties go to the oldest position. Example: scores [[0.5, 0.1, 0.4, 0.9]], all kept,
+    count=1 -> [[1]]; count=2 -> [[1, 2]] (the newest, position 3, is protected).
+    """
+    candidates = np.where(kept, scores, np.inf).astype(np.float64, copy=False)  # (units, t+1)
+    candidates[:, -1] = np.inf
+    if count == 1:
+        return np.argmin(candidates, axis=1)[:, None]
+    order = np.argsort(candidates, axis=1, kind="stable")
+    return order[:, :count]
+
+
+def recent_mask(t: int, recent: int) -> slice:
+    """Slice of the ``recent`` newest positions among 0..t. Example: t=9, recent=3 -> 7:10."""
+    return slice(max(0, t + 1 - recent), t + 1)
+
+
+# --------------------------------------------------------------------------- registry
+POLICIES: dict[str, type[Policy]] = {}
+
+
+def register(cls: type[Policy]) -> type[Policy]:
+    """Class decorator: add a policy to the registry under ``cls.name``."""
+    if not cls.name:
+        raise TypeError(f"{cls.__qualname__} needs a class attribute 'name'")
+    if cls.name in POLICIES and POLICIES[cls.name] is not cls:
+        raise TypeError(f"policy name {cls.name!r} is registered twice")
+    POLICIES[cls.name] = cls
+    return cls
+
+
+def _discover() -> None:
+    """Import every module of :mod:`h2osim.policies` so their ``@register`` runs."""
+    package = importlib.import_module("h2osim.policies")
+    for module in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"h2osim.policies.{module.name}")
+
+
+def policy_names(online: bool | None = None) -> list[str]:
+    """Registered policy names, sorted; ``online=True/False`` filters by kind."""
+    _discover()
+    return sorted(name for name, cls in POLICIES.items() if online is None or cls.online == online)
+
+
+def policy_class(name: str) -> type[Policy]:
+    """The registered class for ``name``; ValueError listing the choices otherwise."""
+    _discover()
+    if name not in POLICIES:
+        raise ValueError(f"unknown policy {name!r}; choose from: {', '.join(policy_names())}")
+    return POLICIES[name]
+
+
+def make_policy(name: str, **params: Any) -> Policy:
+    """Instantiate policy ``name``; parameters it does not have are ignored.
+
+    Example: ``make_policy("h2o", heavy_ratio=0.3, sinks=4)`` -> H2O with heavy_ratio 0.3
+    (``sinks`` belongs to other policies). Invalid values raise ValueError.
+    """
+    cls = policy_class(name)
+    own = {f.name for f in cls.parameters()}
+    return cls(**{key: value for key, value in params.items() if key in own and value is not None})
+
+
+def all_parameters() -> dict[str, dataclasses.Field]:
+    """Every hyperparameter name across the registry (the CLI makes one flag of each)."""
+    fields: dict[str, dataclasses.Field] = {}
+    for name in policy_names():
+        for field in POLICIES[name].parameters():
+            fields.setdefault(field.name, field)
+    return fields
+
+
+def param(default: Any, help: str) -> Any:
+    """A dataclass field with help text for the CLI and the app."""
+    return dataclasses.field(default=default, metadata={"help": help})

@@ -1,0 +1,519 @@
+"""The replay engine - the only loop over steps in h2osim - and ``python -m h2osim.replay``.
+
+Open-loop replay (DESIGN.md, "Replay semantics"): for t = 0..n-1, every cache unit
+admits token t; a unit holding more than its budget k asks the policy which tokens to
+evict (deciding from rows < t only); then row t of the full-cache model is served over
+what is kept and shown to the policy. Evicted tokens never return.
+
+Caveat to teach: later rows come from the full-cache model, so evictions never change
+them. What eviction really does to a model is measured by live eviction (closed loop).
+
+Options: the budget as a count or a fraction (of the sequence or of the prompt); GQA
+aggregation of a unit's query heads (sum, mean, max) or per-query-head units; the prompt
+streamed row by row or attended in full (eviction starts after prefill, as in the H2O
+masking simulation); observation renormalised over the kept tokens or the full row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from h2osim.metrics import step_metrics, summarize
+from h2osim.policies import Policy, ReplayContext, all_parameters, make_policy, policy_names
+from h2osim.trace import AGGREGATIONS, Trace
+
+GQA_MODES = AGGREGATIONS + ("per-head",)
+PROMPT_MODES = ("stream", "full")
+OBSERVATIONS = ("renormalized", "full")
+BUDGET_BASES = ("sequence", "prompt")
+
+
+def resolve_budget(
+    budget: float | int | str, n: int, prompt_length: int, of: str = "sequence"
+) -> int:
+    """Turn a budget into a token count k >= 1.
+
+    A value in (0, 1] is a fraction of the sequence length n (or of the prompt length
+    with ``of="prompt"``); a value > 1 must be a whole token count.
+    Examples: 0.2 of n=1000 -> 200; 1 -> n (everything); 128 -> 128; 0.001 of 100 -> 1.
+    """
+    if of not in BUDGET_BASES:
+        raise ValueError(f"budget base must be one of {BUDGET_BASES}, got {of!r}")
+    try:
+        value = float(budget)
+    except (TypeError, ValueError):
+        raise ValueError(f"budget must be a number, got {budget!r}") from None
+    if not np.isfinite(value) or value <= 0:
+        raise ValueError(f"budget must be in (0, 1] as a fraction or > 1 as a count, got {budget}")
+    if value <= 1:
+        base = prompt_length if of == "prompt" else n
+        return max(1, int(round(value * base)))
+    if value != int(value):
+        raise ValueError(f"a budget above 1 is a token count and must be whole, got {budget}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    """How a replay is run (everything except the policy and its budget)."""
+
+    aggregation: str = "sum"  # how a unit's query heads combine: sum | mean | max | per-head
+    prompt_mode: str = "stream"  # stream: prompt rows one by one; full: evict after prefill
+    observation: str = "renormalized"  # what policies see: renormalized over kept | full row
+    layers: tuple[int, ...] | None = None  # model layers to replay (None = all stored)
+
+    def __post_init__(self) -> None:
+        for value, choices, what in ((self.aggregation, GQA_MODES, "aggregation"),
+                                     (self.prompt_mode, PROMPT_MODES, "prompt mode"),
+                                     (self.observation, OBSERVATIONS, "observation")):  # fmt: skip
+            if value not in choices:
+                raise ValueError(f"{what} must be one of {choices}, got {value!r}")
+
+
+class UnitLayout:
+    """Arranges a trace's rows as ``(units, G, t+1)``: cache units x their query heads."""
+
+    def __init__(self, trace: Trace, config: ReplayConfig):
+        self.trace = trace
+        self.config = config
+        layers = trace.layers.tolist() if config.layers is None else list(config.layers)
+        for layer in layers:
+            if layer not in trace.layer_positions:
+                raise ValueError(
+                    f"layer {layer} is not stored in this trace; stored: {trace.layers.tolist()}"
+                )
+        self.layers = [int(layer) for layer in layers]
+        self.per_head = config.aggregation == "per-head"
+        order = np.argsort(trace.head_map, kind="stable")  # query heads grouped by KV head
+        self.head_order = None if np.array_equal(order, np.arange(trace.num_heads)) else order
+        if self.per_head:
+            self.heads_per_unit = 1
+            labels = [(layer, head) for layer in self.layers for head in range(trace.num_heads)]
+        else:
+            self.heads_per_unit = trace.group_size
+            labels = [(layer, kv) for layer in self.layers for kv in range(trace.num_kv_heads)]
+        self.labels: tuple[tuple[int, int], ...] = tuple(labels)
+        self.units = len(labels)
+
+    def rows(self, t: int) -> np.ndarray:
+        """Row t of every unit's query heads, ``(units, G, t+1)`` float32."""
+        block = self.trace.rows(t, self.layers)  # (L, H, t+1)
+        if self.head_order is not None and not self.per_head:
+            block = block[:, self.head_order]
+        return block.reshape(self.units, self.heads_per_unit, t + 1)
+
+    def values(self) -> np.ndarray | None:
+        """Value vectors per unit, ``(units, n, d)`` float32, or None without stored values."""
+        if not self.trace.has_values:
+            return None
+        stacked = np.stack([self.trace.values(layer) for layer in self.layers])  # (L, KVH, n, d)
+        if self.per_head:
+            stacked = stacked[:, self.trace.head_map]  # (L, H, n, d)
+        return np.ascontiguousarray(stacked.reshape(self.units, self.trace.n, -1))
+
+    def matrix(self, unit: int) -> np.ndarray:
+        """The unit's full ``(n, n)`` attention, aggregated as the engine does (for oracles)."""
+        layer, head = self.labels[unit]
+        if self.per_head:
+            return self.trace.head_matrix(layer, head)
+        return self.trace.unit_matrix(layer, head, self.config.aggregation)
+
+
+@dataclass
+class ReplayResult:
+    """Everything one replay produced. Arrays are per step and unit: ``(n, units)``."""
+
+    policy: str
+    description: str
+    online: bool
+    budget: int
+    n: int
+    prompt_length: int
+    config: ReplayConfig
+    unit_labels: tuple[tuple[int, int], ...]
+    evicted_at: np.ndarray  # (units, n) int32: step at which each token left, -1 = never
+    retained_mass: np.ndarray  # (n, units) float32
+    hit_rate: np.ndarray  # (n, units) float32
+    output_error: np.ndarray | None  # (n, units) float32, None without values
+    seconds: float = 0.0
+    summary: dict[str, float | None] = field(default_factory=dict)
+
+    def kept_at(self, t: int) -> np.ndarray:
+        """``(units, t+1)`` bool: what each unit held when row t was served."""
+        left = self.evicted_at[:, : t + 1]
+        return (left < 0) | (left > t)
+
+    def record(self) -> dict[str, Any]:
+        """One flat, JSON-ready row for tables and files."""
+        return {"policy": self.policy, "description": self.description, "online": self.online,
+                "budget": self.budget, "budget_fraction": self.budget / self.n, **self.summary,
+                "seconds": round(self.seconds, 4)}  # fmt: skip
+
+
+def replay(
+    trace: Trace,
+    policy: Policy | str,
+    budget: float | int | str = 0.2,
+    *,
+    budget_of: str = "sequence",
+    config: ReplayConfig | None = None,
+    progress: bool = False,
+) -> ReplayResult:
+    """Replay ``trace`` through ``policy`` with ``budget`` tokens per cache unit.
+
+    ``policy`` is a :class:`Policy` or a registered name (default parameters).
+    """
+    config = config or ReplayConfig()
+    policy = make_policy(policy) if isinstance(policy, str) else policy
+    layout = UnitLayout(trace, config)
+    n, prompt = trace.n, trace.prompt_length
+    budget_tokens = n if policy.keeps_everything else resolve_budget(budget, n, prompt, budget_of)
+    context = ReplayContext(
+        units=layout.units, n=n, budget=budget_tokens, prompt_length=prompt,
+        unit_labels=layout.labels, unit_matrix=None if policy.online else layout.matrix,
+    )  # fmt: skip
+    started = time.perf_counter()
+    policy.reset(context)
+    values = layout.values()  # (units, n, d) or None
+    units = np.arange(layout.units)[:, None]
+    kept = np.zeros((layout.units, n), dtype=bool)
+    kept_weight = np.zeros((layout.units, n), dtype=np.float32)  # kept as 0/1 for matmuls
+    evicted_at = np.full((layout.units, n), -1, dtype=np.int32)
+    retained_mass = np.empty((n, layout.units), dtype=np.float32)
+    hit_rate = np.empty((n, layout.units), dtype=np.float32)
+    output_error = None if values is None else np.empty((n, layout.units), dtype=np.float32)
+    held = 0
+    steps: Iterable[int] = range(n)
+    if progress:
+        from tqdm import tqdm
+
+        steps = tqdm(steps, desc=f"{policy.name} k={budget_tokens}", unit="step", leave=False)
+    for t in steps:
+        kept[:, t] = True
+        kept_weight[:, t] = 1.0
+        held += 1
+        in_prefill = config.prompt_mode == "full" and t < prompt
+        if held > budget_tokens and not in_prefill:
+            count = held - budget_tokens
+            view = kept[:, : t + 1]
+            view.flags.writeable = False
+            victims = np.asarray(policy.evict(t, view, count))
+            view.flags.writeable = True
+            _check_victims(policy, victims, kept, t, count)
+            kept[units, victims] = False
+            kept_weight[units, victims] = 0.0
+            evicted_at[units, victims] = t
+            held = budget_tokens
+        rows = layout.rows(t)  # (units, G, t+1)
+        step_values = None if values is None else values[:, : t + 1]
+        kept_mass, retained_mass[t], hit_rate[t], error = step_metrics(
+            rows, kept_weight[:, : t + 1], step_values
+        )
+        if output_error is not None:
+            output_error[t] = error
+        observed = _observe(rows, kept_mass, kept_weight[:, : t + 1], config)
+        view = kept[:, : t + 1]
+        view.flags.writeable = False
+        policy.observe(t, observed, view)
+        view.flags.writeable = True
+    result = ReplayResult(
+        policy=policy.name, description=policy.describe(), online=policy.online,
+        budget=budget_tokens, n=n, prompt_length=prompt, config=config, unit_labels=layout.labels,
+        evicted_at=evicted_at, retained_mass=retained_mass, hit_rate=hit_rate,
+        output_error=output_error, seconds=time.perf_counter() - started,
+    )  # fmt: skip
+    result.summary = summarize(retained_mass, hit_rate, output_error, prompt)
+    return result
+
+
+def _observe(
+    rows: np.ndarray, kept_mass: np.ndarray, kept: np.ndarray, config: ReplayConfig
+) -> np.ndarray:
+    """What the policy sees of row t: ``(units, t+1)``, the unit's heads aggregated.
+
+    Renormalised mode: each head's row over the kept tokens divided by its kept mass
+    (the softmax the model would compute over the cache), zero at evicted tokens.
+    """
+    if config.observation == "full":
+        per_head = rows
+    else:
+        scale = np.divide(
+            1.0, kept_mass, out=np.zeros_like(kept_mass), where=kept_mass > 0
+        )  # (units, G)
+        if config.aggregation in ("sum", "mean", "per-head"):
+            combined = np.matmul(scale[:, None, :], rows)[:, 0] * kept  # (units, t+1)
+            return combined / rows.shape[1] if config.aggregation == "mean" else combined
+        per_head = rows * scale[:, :, None] * kept[:, None, :]
+    if config.aggregation == "max":
+        return per_head.max(axis=1)
+    if config.aggregation == "mean":
+        return per_head.mean(axis=1)
+    return per_head.sum(axis=1)
+
+
+def _check_victims(
+    policy: Policy, victims: np.ndarray, kept: np.ndarray, t: int, count: int
+) -> None:
+    """Enforce the engine's rules on a policy's answer (cheap: count is usually 1)."""
+    if victims.shape != (kept.shape[0], count) or victims.dtype.kind not in "iu":
+        raise RuntimeError(f"policy {policy.name!r} returned evictions of shape {victims.shape} "
+                           f"dtype {victims.dtype}; expected ({kept.shape[0]}, {count}) integers")  # fmt: skip
+    if victims.min() < 0 or victims.max() >= t:
+        raise RuntimeError(
+            f"policy {policy.name!r} tried to evict a token outside 0..{t - 1} at step {t}"
+        )
+    if not kept[np.arange(kept.shape[0])[:, None], victims].all():
+        raise RuntimeError(
+            f"policy {policy.name!r} tried to evict a token no longer cached at step {t}"
+        )
+    if count > 1 and (np.diff(np.sort(victims, axis=1), axis=1) == 0).any():
+        raise RuntimeError(f"policy {policy.name!r} named the same token twice at step {t}")
+
+
+def sweep(
+    trace: Trace,
+    policies: Sequence[Policy],
+    budgets: Sequence[float],
+    *,
+    budget_of: str = "sequence",
+    config: ReplayConfig | None = None,
+    progress: bool = False,
+    on_result: Callable[[ReplayResult], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Replay every policy at every budget; one record per (policy, budget).
+
+    ``policies`` are instances (their state is reset per replay). The full cache is
+    replayed once, not once per budget.
+    """
+    jobs = [(policy, budget) for policy in policies for budget in budgets]
+    jobs = [(p, b) for p, b in jobs if not (p.keeps_everything and b != budgets[0])]
+    iterator: Iterable = jobs
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(jobs, desc="sweep", unit="replay")
+    records = []
+    for policy, budget in iterator:
+        result = replay(trace, policy, budget, budget_of=budget_of, config=config)
+        record = result.record()
+        record["budget_requested"] = float(budget)
+        records.append(record)
+        if on_result is not None:
+            on_result(result)
+    return records
+
+
+def parse_sweep(text: str) -> list[float]:
+    """``"start:stop:step"`` (inclusive) or a comma list. Example: "0.1:0.3:0.1" -> [0.1, 0.2, 0.3]."""
+    if ":" in text:
+        parts = text.split(":")
+        if len(parts) != 3:
+            raise ValueError(f"--sweep takes start:stop:step, got {text!r}")
+        start, stop, step = (float(part) for part in parts)
+        if step <= 0 or stop < start:
+            raise ValueError(f"--sweep needs step > 0 and stop >= start, got {text!r}")
+        count = int(np.floor((stop - start) / step + 1e-9)) + 1
+        return [round(start + i * step, 10) for i in range(count)]
+    return [float(part) for part in text.split(",") if part.strip()]
+
+
+# --------------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    names = policy_names()
+    parser = argparse.ArgumentParser(
+        prog="python -m h2osim.replay",
+        description="Replay an attention trace through KV-cache eviction policies and compare them.",
+        epilog="policies: " + "; ".join(f"{name}{'' if make_policy(name).online else ' [offline]'}"
+                                        for name in names)
+        + ".  Example: python -m h2osim.replay traces/synthetic-demo.npz --policy all --budget 0.2",
+    )  # fmt: skip
+    parser.add_argument("trace", help="trace file (.npz, format v1; see docs/trace-format.md)")
+    parser.add_argument("--policy", action="append", metavar="NAME",
+                        help=f"policy to replay, repeatable, or 'all' (default: h2o). One of: {', '.join(names)}")  # fmt: skip
+    parser.add_argument("--budget", default="0.2",
+                        help="tokens per cache unit: a fraction in (0, 1] or a count > 1 (default 0.2)")  # fmt: skip
+    parser.add_argument("--budget-of", choices=BUDGET_BASES, default="sequence",
+                        help="what a fractional budget is a fraction of (default: sequence length)")  # fmt: skip
+    parser.add_argument("--sweep", metavar="A:B:STEP",
+                        help="replay each policy at budgets A..B (inclusive) instead of --budget, e.g. 0.05:0.5:0.05")  # fmt: skip
+    parser.add_argument("--aggregation", choices=GQA_MODES, default="sum",
+                        help="how a KV head's query heads combine their scores, or one cache per query head (default sum)")  # fmt: skip
+    parser.add_argument("--prompt-mode", choices=PROMPT_MODES, default="stream",
+                        help="stream: prompt rows evict like decode rows; full: prompt attended in full, eviction after prefill")  # fmt: skip
+    parser.add_argument("--observe", choices=OBSERVATIONS, default="renormalized",
+                        help="what policies observe: the row renormalised over kept tokens (default) or the full row")  # fmt: skip
+    parser.add_argument(
+        "--layers", help="comma-separated model layers to replay (default: all stored)"
+    )
+    parser.add_argument(
+        "--json", metavar="PATH", help="write results as JSON to PATH ('-' for stdout)"
+    )
+    parser.add_argument(
+        "--csv", metavar="PATH", help="write results as CSV to PATH ('-' for stdout)"
+    )
+    parser.add_argument(
+        "--plot",
+        metavar="PNG",
+        help="plot retained mass over steps (or budget curves with --sweep)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    group = parser.add_argument_group(
+        "policy parameters (each applies to the policies that have it)"
+    )
+    for name, spec in sorted(all_parameters().items()):
+        kind = (
+            spec.type
+            if isinstance(spec.type, type)
+            else {"int": int, "float": float, "str": str}[str(spec.type)]
+        )
+        group.add_argument("--" + name.replace("_", "-"), type=kind, default=None, dest=name,
+                           help=f"{spec.metadata.get('help', '')} (default {spec.default})")  # fmt: skip
+    return parser
+
+
+def _selected_policies(args: argparse.Namespace) -> list[Policy]:
+    requested = args.policy or ["h2o"]
+    names: list[str] = []
+    for entry in requested:
+        for name in entry.split(","):
+            for chosen in policy_names() if name == "all" else [name.strip()]:
+                if chosen not in names:
+                    names.append(chosen)
+    params = {name: getattr(args, name) for name in all_parameters()}
+    return [make_policy(name, **params) for name in names]
+
+
+def format_table(records: list[dict[str, Any]], columns: Sequence[tuple[str, str, str]]) -> str:
+    """A plain-text table; ``columns`` are (key, header, format) triples."""
+    cells = [[header for _, header, _ in columns]]
+    for record in records:
+        cells.append(
+            [
+                "-" if record.get(key) is None else format(record[key], spec)
+                for key, _, spec in columns
+            ]
+        )
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    lines = ["  ".join(cell.rjust(width) if i else cell.ljust(width)
+                       for i, (cell, width) in enumerate(zip(row, widths, strict=True)))
+             for row in cells]  # fmt: skip
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+RESULT_COLUMNS = (
+    ("rank", "#", "d"), ("policy", "policy", "s"), ("budget", "k", "d"),
+    ("retained_mass", "mass", ".4f"), ("retained_mass_decode", "mass(decode)", ".4f"),
+    ("worst_unit_mass", "worst unit", ".4f"), ("hit_rate", "hit rate", ".4f"),
+    ("output_error", "out err", ".4f"), ("seconds", "sec", ".2f"),
+)  # fmt: skip
+
+
+def _write_output(target: str, text: str) -> None:
+    if target == "-":
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        return
+    from h2osim.files import write_text
+
+    write_text(target, text)
+
+
+def _csv_text(records: list[dict[str, Any]]) -> str:
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(records[0]))
+    writer.writeheader()
+    writer.writerows(records)
+    return buffer.getvalue()
+
+
+def run(args: argparse.Namespace) -> int:
+    trace = Trace.load(args.trace)
+    layers = None
+    if args.layers:
+        try:
+            layers = tuple(int(part) for part in args.layers.split(","))
+        except ValueError:
+            raise ValueError(
+                f"--layers takes comma-separated integers, got {args.layers!r}"
+            ) from None
+    config = ReplayConfig(aggregation=args.aggregation, prompt_mode=args.prompt_mode,
+                          observation=args.observe, layers=layers)  # fmt: skip
+    policies = _selected_policies(args)
+    progress = not args.no_progress
+    print(f"trace {args.trace}: {trace.describe()}")
+    if args.sweep:
+        budgets = parse_sweep(args.sweep)
+        for budget in budgets:
+            resolve_budget(budget, trace.n, trace.prompt_length, args.budget_of)
+        records = sweep(
+            trace, policies, budgets, budget_of=args.budget_of, config=config, progress=progress
+        )
+        _print_sweep(records, budgets)
+        if args.plot:
+            from h2osim.plots import plot_budget_curves
+
+            plot_budget_curves(records, args.plot, title=Path(args.trace).name)
+    else:
+        results = []
+        for policy in policies:
+            results.append(replay(trace, policy, args.budget, budget_of=args.budget_of,
+                                  config=config, progress=progress))  # fmt: skip
+        results.sort(key=lambda result: -result.summary["retained_mass"])
+        records = [{"rank": i + 1, **result.record()} for i, result in enumerate(results)]
+        columns = [c for c in RESULT_COLUMNS if c[0] != "output_error" or trace.has_values]
+        print(format_table(records, columns))
+        if args.plot:
+            from h2osim.plots import plot_retained_mass
+
+            plot_retained_mass(results, args.plot, title=Path(args.trace).name)
+    if args.json:
+        _write_output(args.json, json.dumps({"trace": str(args.trace), "config": vars(config),
+                                             "results": records}, indent=2))  # fmt: skip
+    if args.csv:
+        _write_output(args.csv, _csv_text(records))
+    return 0
+
+
+def _print_sweep(records: list[dict[str, Any]], budgets: Sequence[float]) -> None:
+    """Policies x budgets matrix of mean retained mass."""
+    by_policy: dict[str, dict[float, float]] = {}
+    for record in records:
+        by_policy.setdefault(record["policy"], {})[record["budget_requested"]] = record[
+            "retained_mass"
+        ]
+    rows = []
+    for policy, masses in by_policy.items():
+        row: dict[str, Any] = {"policy": policy}
+        for budget in budgets:
+            row[str(budget)] = masses.get(budget, masses.get(budgets[0]))
+        rows.append(row)
+    rows.sort(key=lambda row: -float(np.mean([row[str(b)] for b in budgets])))
+    print("mean retained attention mass by budget")
+    print(
+        format_table(
+            rows, [("policy", "policy", "s")] + [(str(b), f"{b:g}", ".4f") for b in budgets]
+        )
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; user errors print one line to stderr and exit 2."""
+    from h2osim.cli import run_cli
+
+    return run_cli(build_parser, run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

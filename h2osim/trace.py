@@ -1,0 +1,627 @@
+"""Attention traces: the ``.npz`` file format v1, its validation, and lazy access.
+
+A trace holds the attention probabilities of a full-cache model run, per stored layer
+and query head, for causal rows t = 0..n-1 (row t has t+1 entries). Rows 0..P-1 come
+from the prompt (prefill), the rest from decoding. See docs/trace-format.md for the
+byte-level contract; in short, an ``.npz`` (zip of ``.npy``) with these members:
+
+=====================  ========================  =====================================
+key                    dtype / shape             meaning
+=====================  ========================  =====================================
+format_version         int64 ()                  always 1 for this reader
+layers                 int64 (L,)                model layer index of each stored layer
+head_map               int64 (H,)                query head -> KV head (GQA groups)
+prompt_length          int64 ()                  P, rows 0..P-1 are prefill rows
+token_ids              int64 (n,)                the token ids
+tokens                 unicode (n,)              their text pieces
+metadata               unicode ()                JSON object: model, source hash, ...
+attention_encoding     unicode ()                "float32" | "float16" | "quantized"
+attention_levels       int64 ()                  only for "quantized": levels per unit
+attention.L{l}         (H, n(n+1)/2)             packed lower triangle, row t at t(t+1)/2
+values.L{l}            float16/32 (KVH, n, d)    optional value vectors
+=====================  ========================  =====================================
+
+The "quantized" encoding is lossy but keeps every row sum exact: it stores the integer
+differences of the rounded cumulative row sums, ``d_j = round(L c_j) - round(L c_{j-1})``
+with ``c_j`` the cumulative sum of the row and L the levels (default 1024), so each
+probability is off by at most 1/L (< 1e-3 for L = 1024) and the row still sums to 1.
+Mostly-zero integers compress far better than float16.
+
+Loading never unpickles (``allow_pickle=False``). Members stored uncompressed are
+memory-mapped; compressed members are decompressed one layer at a time on first use.
+Every problem is reported as :class:`TraceError` naming the key and what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from h2osim.files import atomic_write
+
+FORMAT_VERSION = 1
+ENCODINGS = ("float32", "float16", "quantized")
+DEFAULT_LEVELS = 1024
+AGGREGATIONS = ("sum", "mean", "max")
+
+# Row-sum tolerance per encoding: fp32 softmax rows sum to 1 within ~1e-6; fp16 rounds
+# each probability to a relative 2**-11, so a row sum is off by at most ~5e-4.
+ROW_SUM_TOLERANCE = {"float32": 1e-4, "float16": 2e-3}
+
+_SCALAR_KEYS = ("format_version", "prompt_length", "metadata", "attention_encoding")
+_REQUIRED_KEYS = ("format_version", "layers", "head_map", "prompt_length", "token_ids",
+                  "tokens", "metadata", "attention_encoding")  # fmt: skip
+
+
+class TraceError(ValueError):
+    """A trace file or array set that breaks the v1 contract; the message says what."""
+
+
+def packed_size(n: int) -> int:
+    """Entries in the packed lower triangle of an n x n matrix. Example: n=3 -> 6."""
+    return n * (n + 1) // 2
+
+
+def row_start(t: int) -> int:
+    """Offset of row t in a packed lower triangle. Example: t=3 -> 6 (rows 0,1,2 hold 1+2+3)."""
+    return t * (t + 1) // 2
+
+
+def pack_lower(dense: np.ndarray) -> np.ndarray:
+    """Pack the lower triangles of ``(..., n, n)`` matrices into ``(..., n(n+1)/2)``.
+
+    Example: [[1, 0], [2, 3]] -> [1, 2, 3].
+    """
+    n = dense.shape[-1]
+    if dense.shape[-2] != n:
+        raise ValueError(f"pack_lower needs square matrices, got shape {dense.shape}")
+    rows, cols = np.tril_indices(n)
+    return dense[..., rows, cols]
+
+
+def unpack_lower(packed: np.ndarray, n: int) -> np.ndarray:
+    """Inverse of :func:`pack_lower`; the upper triangle is zero. ``(..., P) -> (..., n, n)``."""
+    rows, cols = np.tril_indices(n)
+    dense = np.zeros(packed.shape[:-1] + (n, n), dtype=packed.dtype)
+    dense[..., rows, cols] = packed
+    return dense
+
+
+def quantize_rows(packed: np.ndarray, n: int, levels: int = DEFAULT_LEVELS) -> np.ndarray:
+    """Encode packed probability rows as uint16 differences of rounded cumulative sums.
+
+    Each decoded probability (``code / levels``) is within 1/levels of the input and each
+    row sums to ``round(levels * row_sum)``. Example, levels=10: row [0.14, 0.14, 0.72]
+    -> cumsum [0.14, 0.28, 1.0] -> rounded [1, 3, 10] -> codes [1, 2, 7].
+    """
+    if not 1 <= levels <= np.iinfo(np.uint16).max:
+        raise ValueError(f"levels must be in [1, 65535], got {levels}")
+    starts = np.array([row_start(t) for t in range(n)], dtype=np.int64)
+    values = np.asarray(packed, dtype=np.float64)
+    running = np.cumsum(values, axis=-1)  # (..., P), cumulative over all rows
+    before_row = np.concatenate([np.zeros(values.shape[:-1] + (1,)), running], axis=-1)
+    offsets = np.repeat(before_row[..., starts], np.arange(1, n + 1), axis=-1)
+    rounded = np.rint((running - offsets) * levels).astype(np.int64)  # per-row cumsum
+    codes = np.diff(rounded, axis=-1, prepend=0)
+    codes[..., starts] = rounded[..., starts]  # each row restarts its cumulative sum
+    return codes.astype(np.uint16)
+
+
+@dataclass(frozen=True)
+class _Member:
+    """Where one ``.npy`` member of the zip lives, read from its header only."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    fortran: bool
+    data_offset: int | None  # absolute file offset of the array data, if stored raw
+
+
+def _read_npy_header(handle) -> tuple[tuple[int, ...], bool, np.dtype]:
+    version = np.lib.format.read_magic(handle)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle)
+    elif version == (2, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle)
+    else:
+        raise ValueError(f"unsupported .npy version {version}")
+    return shape, fortran, dtype
+
+
+class _NpzReader:
+    """Reads an ``.npz`` member by member: headers without data, memmaps where stored."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            self._zip = zipfile.ZipFile(path)
+        except FileNotFoundError:
+            raise
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+            raise TraceError(
+                f"{path}: not a readable .npz file ({exc}); truncated or not a trace"
+            ) from exc
+        self.members: dict[str, _Member] = {}
+        for info in self._zip.infolist():
+            if not info.filename.endswith(".npy"):
+                raise TraceError(f"{path}: member {info.filename!r} is not a .npy array")
+            key = info.filename[: -len(".npy")]
+            try:
+                with self._zip.open(info) as handle:
+                    shape, fortran, dtype = _read_npy_header(handle)
+            except (zipfile.BadZipFile, OSError, EOFError, ValueError, struct.error) as exc:
+                raise TraceError(f"{key}: unreadable array header ({exc})") from exc
+            if dtype.hasobject:
+                raise TraceError(
+                    f"{key}: holds Python objects (dtype {dtype}); traces never contain pickles"
+                )
+            offset = self._raw_offset(info) if info.compress_type == zipfile.ZIP_STORED else None
+            self.members[key] = _Member(key, tuple(shape), dtype, fortran, offset)
+
+    def _raw_offset(self, info: zipfile.ZipInfo) -> int | None:
+        """File offset of a stored member's array data (after zip and npy headers)."""
+        with open(self.path, "rb") as raw:
+            raw.seek(info.header_offset)
+            local = raw.read(30)
+            if len(local) < 30 or local[:4] != b"PK\x03\x04":
+                return None
+            name_len, extra_len = struct.unpack("<HH", local[26:30])
+            member_start = info.header_offset + 30 + name_len + extra_len
+            raw.seek(member_start)
+            try:
+                _read_npy_header(raw)
+            except ValueError:
+                return None
+            return raw.tell()
+
+    def array(self, key: str) -> np.ndarray:
+        member = self.members[key]
+        expected = int(np.prod(member.shape, dtype=np.int64)) * member.dtype.itemsize
+        if member.data_offset is not None and expected > 0:
+            if member.data_offset + expected > os.path.getsize(self.path):
+                raise TraceError(f"{key}: file is truncated (array data runs past the end)")
+            order = "F" if member.fortran else "C"
+            return np.memmap(self.path, dtype=member.dtype, mode="r", offset=member.data_offset,
+                             shape=member.shape, order=order)  # fmt: skip
+        try:
+            with self._zip.open(key + ".npy") as handle:
+                return np.lib.format.read_array(handle, allow_pickle=False)
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+            raise TraceError(f"{key}: unreadable array data ({exc})") from exc
+
+    def close(self) -> None:
+        self._zip.close()
+
+
+def _as_int(value: np.ndarray, key: str) -> int:
+    array = np.asarray(value)
+    if array.shape != () or array.dtype.kind not in "iu":
+        raise TraceError(
+            f"{key}: expected an integer scalar, got dtype {array.dtype} shape {array.shape}"
+        )
+    return int(array)
+
+
+def _as_str(value: np.ndarray, key: str) -> str:
+    array = np.asarray(value)
+    if array.shape != () or array.dtype.kind != "U":
+        raise TraceError(
+            f"{key}: expected a unicode string scalar, got dtype {array.dtype} shape {array.shape}"
+        )
+    return str(array)
+
+
+class Trace:
+    """One attention trace, from a file (:meth:`load`) or arrays (:meth:`from_arrays`).
+
+    Layers are addressed by their model layer index (``trace.layers``); heads by query
+    head index. Attention arrays are read lazily per layer and returned as float32.
+    """
+
+    def __init__(self, header: Mapping[str, np.ndarray], layer_source, path: Path | None = None):
+        # layer_source(key) -> array for "attention.L{l}" / "values.L{l}"; header holds the rest.
+        self.path = path
+        self._source = layer_source
+        self._cache: dict[str, np.ndarray] = {}
+        self._parse_header(header)
+
+    # ----------------------------------------------------------------- construction
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], validate: bool = True) -> Trace:
+        """Open a trace file; with ``validate`` (default) check every array once.
+
+        Raises :class:`TraceError` for anything that breaks the contract and
+        ``FileNotFoundError`` when there is no such file.
+        """
+        file_path = Path(path)
+        if not file_path.is_file():
+            raise FileNotFoundError(f"no trace file at {file_path}")
+        reader = _NpzReader(file_path)
+        header = {}
+        for key in _REQUIRED_KEYS + ("attention_levels",):
+            if key in reader.members:
+                header[key] = reader.array(key)
+        header["_members"] = reader.members
+        trace = cls(header, reader.array, file_path)
+        if validate:
+            trace.validate()
+        return trace
+
+    @classmethod
+    def from_arrays(
+        cls,
+        attention: Mapping[int, np.ndarray] | np.ndarray,
+        *,
+        head_map: Sequence[int],
+        token_ids: Sequence[int] | None = None,
+        tokens: Sequence[str] | None = None,
+        prompt_length: int | None = None,
+        layers: Sequence[int] | None = None,
+        values: Mapping[int, np.ndarray] | np.ndarray | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        validate: bool = True,
+    ) -> Trace:
+        """Build an in-memory trace from float attention.
+
+        ``attention`` is ``{layer: (H, n(n+1)/2) packed}``, or an array ``(L, H, P)``
+        packed or ``(L, H, n, n)`` dense (lower triangle used). ``values`` likewise
+        ``{layer: (KVH, n, d)}`` or ``(L, KVH, n, d)``. Missing token ids/texts default to
+        positions; ``prompt_length`` defaults to n (all prefill).
+        """
+        if isinstance(attention, Mapping):
+            layer_ids = list(attention) if layers is None else list(layers)
+            per_layer = [np.asarray(attention[layer]) for layer in layer_ids]
+        else:
+            stacked = np.asarray(attention)
+            if stacked.ndim == 4:
+                stacked = pack_lower(stacked)
+            if stacked.ndim != 3:
+                raise TraceError(
+                    f"attention: expected (L, H, P) or (L, H, n, n), got shape {stacked.shape}"
+                )
+            layer_ids = list(range(stacked.shape[0])) if layers is None else list(layers)
+            per_layer = list(stacked)
+        if not per_layer:
+            raise TraceError("attention: no layers given")
+        n = _n_from_packed(per_layer[0].shape[-1])
+        encoding = "float16" if per_layer[0].dtype == np.float16 else "float32"
+        arrays: dict[str, np.ndarray] = {}
+        for layer, packed in zip(layer_ids, per_layer, strict=True):
+            dtype = np.float16 if encoding == "float16" else np.float32
+            arrays[f"attention.L{layer}"] = np.ascontiguousarray(packed, dtype=dtype)
+        if values is not None:
+            value_list = (
+                [values[layer] for layer in layer_ids]
+                if isinstance(values, Mapping)
+                else list(values)
+            )
+            for layer, layer_values in zip(layer_ids, value_list, strict=True):
+                arrays[f"values.L{layer}"] = np.ascontiguousarray(layer_values)
+        header = {
+            "format_version": np.int64(FORMAT_VERSION),
+            "layers": np.asarray(layer_ids, dtype=np.int64),
+            "head_map": np.asarray(head_map, dtype=np.int64),
+            "prompt_length": np.int64(n if prompt_length is None else prompt_length),
+            "token_ids": np.asarray(range(n) if token_ids is None else token_ids, dtype=np.int64),
+            "tokens": np.asarray(
+                [f"<{i}>" for i in range(n)] if tokens is None else list(tokens), dtype=str
+            ),
+            "metadata": np.str_(json.dumps(dict(metadata or {}))),
+            "attention_encoding": np.str_(encoding),
+        }
+        header["_members"] = {
+            key: _Member(key, a.shape, a.dtype, False, None) for key, a in arrays.items()
+        }
+        for key, value in header.items():
+            if key != "_members":
+                header["_members"][key] = _Member(
+                    key, np.shape(value), np.asarray(value).dtype, False, None
+                )
+        trace = cls(header, arrays.__getitem__)
+        if validate:
+            trace.validate()
+        return trace
+
+    def _parse_header(self, header: Mapping[str, Any]) -> None:
+        members: dict[str, _Member] = header["_members"]
+        missing = [key for key in _REQUIRED_KEYS if key not in header]
+        if missing:
+            raise TraceError(
+                f"{missing[0]}: required key is missing (keys present: {sorted(members)})"
+            )
+        version = _as_int(header["format_version"], "format_version")
+        if version != FORMAT_VERSION:
+            raise TraceError(
+                f"format_version: this reader knows version {FORMAT_VERSION}, the file says {version}"
+            )
+        self.encoding = _as_str(header["attention_encoding"], "attention_encoding")
+        if self.encoding not in ENCODINGS:
+            raise TraceError(
+                f"attention_encoding: must be one of {ENCODINGS}, got {self.encoding!r}"
+            )
+        self.levels = DEFAULT_LEVELS
+        if self.encoding == "quantized":
+            if "attention_levels" not in header:
+                raise TraceError(
+                    "attention_levels: required key is missing for the quantized encoding"
+                )
+            self.levels = _as_int(header["attention_levels"], "attention_levels")
+            if not 1 <= self.levels <= 65535:
+                raise TraceError(f"attention_levels: must be in [1, 65535], got {self.levels}")
+
+        self.layers = self._int_vector(header["layers"], "layers")
+        if len(self.layers) == 0 or np.any(self.layers < 0) or np.any(np.diff(self.layers) <= 0):
+            raise TraceError(
+                f"layers: must be non-empty, non-negative and strictly increasing, got {self.layers.tolist()}"
+            )
+        self.head_map = self._int_vector(header["head_map"], "head_map")
+        if len(self.head_map) == 0 or self.head_map.min() < 0:
+            raise TraceError(
+                f"head_map: must be non-empty with KV head indices >= 0, got {self.head_map.tolist()}"
+            )
+        self.num_heads = len(self.head_map)
+        self.num_kv_heads = int(self.head_map.max()) + 1
+        group_sizes = np.bincount(self.head_map, minlength=self.num_kv_heads)
+        if np.any(group_sizes != group_sizes[0]):
+            raise TraceError(
+                f"head_map: every KV head needs the same number of query heads, got group sizes {group_sizes.tolist()}"
+            )
+        self.group_size = int(group_sizes[0])
+
+        self.token_ids = self._int_vector(header["token_ids"], "token_ids")
+        self.n = len(self.token_ids)
+        if self.n == 0:
+            raise TraceError("token_ids: a trace needs at least one token")
+        tokens = np.asarray(header["tokens"])
+        if tokens.dtype.kind != "U" or tokens.shape != (self.n,):
+            raise TraceError(
+                f"tokens: expected unicode strings of shape ({self.n},), got dtype {tokens.dtype} shape {tokens.shape}"
+            )
+        self.tokens = [str(piece) for piece in tokens]
+        self.prompt_length = _as_int(header["prompt_length"], "prompt_length")
+        if not 1 <= self.prompt_length <= self.n:
+            raise TraceError(f"prompt_length: must be in [1, n={self.n}], got {self.prompt_length}")
+        try:
+            metadata = json.loads(_as_str(header["metadata"], "metadata"))
+        except json.JSONDecodeError as exc:
+            raise TraceError(f"metadata: not valid JSON ({exc})") from exc
+        if not isinstance(metadata, dict):
+            raise TraceError(f"metadata: must be a JSON object, got {type(metadata).__name__}")
+        self.metadata: dict[str, Any] = metadata
+
+        expected = set(_REQUIRED_KEYS) | {f"attention.L{layer}" for layer in self.layers}
+        if self.encoding == "quantized":
+            expected.add("attention_levels")
+        value_keys = {f"values.L{layer}" for layer in self.layers}
+        present_values = value_keys & set(members)
+        if present_values and present_values != value_keys:
+            raise TraceError(
+                f"{sorted(value_keys - present_values)[0]}: values must be stored for every layer or none"
+            )
+        self.has_values = bool(present_values)
+        missing_arrays = sorted(expected - set(members))
+        if missing_arrays:
+            raise TraceError(f"{missing_arrays[0]}: required key is missing")
+        unknown = sorted(set(members) - expected - value_keys)
+        if unknown:
+            raise TraceError(f"{unknown[0]}: unknown key for format version {FORMAT_VERSION}")
+
+        want_dtype = {"float32": np.float32, "float16": np.float16, "quantized": np.uint16}[
+            self.encoding
+        ]
+        for layer in self.layers:
+            member = members[f"attention.L{layer}"]
+            if member.shape != (self.num_heads, packed_size(self.n)):
+                raise TraceError(f"{member.name}: expected shape ({self.num_heads}, {packed_size(self.n)}) "
+                                 f"for {self.num_heads} heads and n={self.n}, got {member.shape}")  # fmt: skip
+            if member.dtype != want_dtype:
+                raise TraceError(f"{member.name}: expected dtype {np.dtype(want_dtype)} for encoding "
+                                 f"{self.encoding!r}, got {member.dtype}")  # fmt: skip
+        self.head_dim = 0
+        for key in sorted(present_values):
+            member = members[key]
+            if len(member.shape) != 3 or member.shape[:2] != (self.num_kv_heads, self.n):
+                raise TraceError(
+                    f"{key}: expected shape ({self.num_kv_heads}, {self.n}, head_dim), got {member.shape}"
+                )
+            if member.dtype not in (np.float16, np.float32):
+                raise TraceError(f"{key}: expected dtype float16 or float32, got {member.dtype}")
+            if self.head_dim and member.shape[2] != self.head_dim:
+                raise TraceError(
+                    f"{key}: head_dim {member.shape[2]} differs from other layers ({self.head_dim})"
+                )
+            self.head_dim = member.shape[2]
+
+    @staticmethod
+    def _int_vector(value: Any, key: str) -> np.ndarray:
+        array = np.asarray(value)
+        if array.ndim != 1 or array.dtype.kind not in "iu":
+            raise TraceError(
+                f"{key}: expected a 1-d integer array, got dtype {array.dtype} shape {array.shape}"
+            )
+        return np.array(array, dtype=np.int64)
+
+    # ----------------------------------------------------------------- validation
+    def validate(self) -> None:
+        """Check every stored array: finite, non-negative, rows summing to 1, values finite.
+
+        Reads each layer once; raises :class:`TraceError` at the first problem.
+        """
+        starts = np.array([row_start(t) for t in range(self.n)], dtype=np.int64)
+        for layer in self.layers:
+            key = f"attention.L{layer}"
+            raw = self._raw(key)
+            for head in range(self.num_heads):
+                packed = np.asarray(raw[head])
+                if self.encoding == "quantized":
+                    sums = np.add.reduceat(packed.astype(np.int64), starts)
+                    bad = np.flatnonzero(np.abs(sums - self.levels) > 1)
+                    if bad.size:
+                        t = int(bad[0])
+                        raise TraceError(
+                            f"{key}: row {t} of head {head} sums to {sums[t]} levels, expected {self.levels}"
+                        )
+                    continue
+                values = packed.astype(np.float32)
+                if not np.all(np.isfinite(values)):
+                    where = int(np.flatnonzero(~np.isfinite(values))[0])
+                    raise TraceError(
+                        f"{key}: head {head} has a non-finite probability (NaN or inf) in row {_row_of(where)}"
+                    )
+                if values.min() < 0:
+                    where = int(np.argmin(values))
+                    raise TraceError(
+                        f"{key}: head {head} has a negative probability {values[where]:.3g} in row {_row_of(where)}"
+                    )
+                sums = np.add.reduceat(values.astype(np.float64), starts)
+                tolerance = ROW_SUM_TOLERANCE[self.encoding]
+                bad = np.flatnonzero(np.abs(sums - 1.0) > tolerance)
+                if bad.size:
+                    t = int(bad[0])
+                    raise TraceError(
+                        f"{key}: row {t} of head {head} sums to {sums[t]:.6g}, expected 1 within {tolerance}"
+                    )
+            if self.has_values:
+                values_key = f"values.L{layer}"
+                if not np.all(np.isfinite(self._raw(values_key))):
+                    raise TraceError(f"{values_key}: has non-finite entries (NaN or inf)")
+
+    # ----------------------------------------------------------------- access
+    def _raw(self, key: str) -> np.ndarray:
+        if key not in self._cache:
+            self._cache[key] = self._source(key)
+        return self._cache[key]
+
+    def _decode(self, raw: np.ndarray) -> np.ndarray:
+        if self.encoding == "quantized":
+            return raw.astype(np.float32) * np.float32(1.0 / self.levels)
+        return raw.astype(np.float32, copy=False)
+
+    def _check_layer(self, layer: int) -> None:
+        if layer not in self.layer_positions:
+            raise KeyError(
+                f"layer {layer} is not stored in this trace; stored layers: {self.layers.tolist()}"
+            )
+
+    @cached_property
+    def layer_positions(self) -> dict[int, int]:
+        """Model layer index -> position among the stored layers."""
+        return {int(layer): position for position, layer in enumerate(self.layers)}
+
+    def layer_attention(self, layer: int) -> np.ndarray:
+        """The stored packed array of one layer, ``(H, n(n+1)/2)``, undecoded (memmap or array)."""
+        self._check_layer(layer)
+        return self._raw(f"attention.L{layer}")
+
+    def row(self, layer: int, head: int, t: int) -> np.ndarray:
+        """Row t of one query head: attention of query t over keys 0..t, ``(t+1,)`` float32."""
+        if not 0 <= t < self.n:
+            raise IndexError(f"row {t} out of range for n={self.n}")
+        return self._decode(self.layer_attention(layer)[head, row_start(t) : row_start(t + 1)])
+
+    def rows(self, t: int, layers: Sequence[int] | None = None) -> np.ndarray:
+        """Row t of every stored (or chosen) layer and query head, ``(L, H, t+1)`` float32."""
+        chosen = self.layers if layers is None else layers
+        start, stop = row_start(t), row_start(t + 1)
+        block = np.stack([self.layer_attention(int(layer))[:, start:stop] for layer in chosen])
+        return self._decode(block)
+
+    def head_matrix(self, layer: int, head: int) -> np.ndarray:
+        """Dense ``(n, n)`` float32 attention matrix of one query head (zeros above the diagonal)."""
+        return unpack_lower(self._decode(self.layer_attention(layer)[head]), self.n)
+
+    def unit_matrix(self, layer: int, kv_head: int, aggregation: str = "sum") -> np.ndarray:
+        """Dense ``(n, n)`` matrix of one cache unit: its query heads' rows aggregated."""
+        if aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+        heads = np.flatnonzero(self.head_map == kv_head)
+        if heads.size == 0:
+            raise KeyError(f"KV head {kv_head} out of range (this trace has {self.num_kv_heads})")
+        stacked = np.stack([self.head_matrix(layer, int(head)) for head in heads])
+        return {"sum": stacked.sum, "mean": stacked.mean, "max": stacked.max}[aggregation](axis=0)
+
+    def values(self, layer: int) -> np.ndarray | None:
+        """Value vectors ``(KVH, n, d)`` float32 of one layer, or None when not stored."""
+        self._check_layer(layer)
+        if not self.has_values:
+            return None
+        return self._raw(f"values.L{layer}").astype(np.float32, copy=False)
+
+    @property
+    def decode_steps(self) -> int:
+        return self.n - self.prompt_length
+
+    def describe(self) -> str:
+        """One line for humans: model, n, prompt, layers, heads."""
+        model = self.metadata.get("model", "unknown model")
+        return (f"{model}: n={self.n} (prompt {self.prompt_length}, decode {self.decode_steps}), "
+                f"{len(self.layers)} layers, {self.num_heads} query heads -> {self.num_kv_heads} KV heads, "
+                f"{self.encoding}{', values' if self.has_values else ''}")  # fmt: skip
+
+    # ----------------------------------------------------------------- writing
+    def save(self, path: str | os.PathLike[str], *, encoding: str | None = None,
+             levels: int = DEFAULT_LEVELS, compress: bool = True,
+             values_dtype: str | None = None) -> None:  # fmt: skip
+        """Write this trace as a v1 ``.npz`` atomically (see :mod:`h2osim.files`).
+
+        ``encoding`` re-encodes the attention ("float32", "float16", "quantized");
+        ``compress`` deflates members (smaller; uncompressed members are memory-mapped
+        on load). ``values_dtype`` ("float16"/"float32") re-encodes stored values.
+        """
+        encoding = encoding or self.encoding
+        if encoding not in ENCODINGS:
+            raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
+        arrays: dict[str, np.ndarray] = {
+            "format_version": np.int64(FORMAT_VERSION),
+            "layers": self.layers,
+            "head_map": self.head_map,
+            "prompt_length": np.int64(self.prompt_length),
+            "token_ids": self.token_ids,
+            "tokens": np.asarray(self.tokens, dtype=str),
+            "metadata": np.str_(json.dumps(self.metadata, sort_keys=True)),
+            "attention_encoding": np.str_(encoding),
+        }
+        if encoding == "quantized":
+            arrays["attention_levels"] = np.int64(levels)
+        for layer in self.layers:
+            raw = self.layer_attention(int(layer))
+            if encoding == self.encoding and (encoding != "quantized" or levels == self.levels):
+                encoded = np.asarray(raw)
+            elif encoding == "quantized":
+                encoded = quantize_rows(self._decode(np.asarray(raw)), self.n, levels)
+            else:
+                encoded = self._decode(np.asarray(raw)).astype(encoding)
+            arrays[f"attention.L{layer}"] = encoded
+            if self.has_values:
+                stored = np.asarray(self._raw(f"values.L{layer}"))
+                arrays[f"values.L{layer}"] = stored.astype(values_dtype) if values_dtype else stored
+        writer = np.savez_compressed if compress else np.savez
+        with atomic_write(path) as handle:
+            writer(handle, **arrays)
+
+
+def _n_from_packed(size: int) -> int:
+    n = int((np.sqrt(8 * size + 1) - 1) // 2)
+    if packed_size(n) != size:
+        raise TraceError(f"attention: last axis {size} is not a packed triangle size n(n+1)/2")
+    return n
+
+
+def _row_of(flat_index: int) -> int:
+    """Row of a flat packed index. Example: index 4 -> row 2 (row 2 holds indices 3..5)."""
+    return int((np.sqrt(8 * flat_index + 1) - 1) // 2)
+
+
+def load(path: str | os.PathLike[str], validate: bool = True) -> Trace:
+    """Shorthand for :meth:`Trace.load`."""
+    return Trace.load(path, validate=validate)
