@@ -38,6 +38,7 @@ import json
 import os
 import struct
 import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -64,6 +65,11 @@ _REQUIRED_KEYS = ("format_version", "layers", "head_map", "prompt_length", "toke
 
 class TraceError(ValueError):
     """A trace file or array set that breaks the v1 contract; the message says what."""
+
+
+# What reading a damaged zip/npy can raise; all become TraceError.
+_READ_ERRORS = (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, SyntaxError,
+                struct.error, OverflowError, NotImplementedError, RuntimeError)  # fmt: skip
 
 
 def packed_size(n: int) -> int:
@@ -147,7 +153,7 @@ class _NpzReader:
             self._zip = zipfile.ZipFile(path)
         except FileNotFoundError:
             raise
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        except _READ_ERRORS as exc:
             raise TraceError(
                 f"{path}: not a readable .npz file ({exc}); truncated or not a trace"
             ) from exc
@@ -159,11 +165,18 @@ class _NpzReader:
             try:
                 with self._zip.open(info) as handle:
                     shape, fortran, dtype = _read_npy_header(handle)
-            except (zipfile.BadZipFile, OSError, EOFError, ValueError, struct.error) as exc:
+                    header_bytes = handle.tell()
+            except _READ_ERRORS as exc:
                 raise TraceError(f"{key}: unreadable array header ({exc})") from exc
             if dtype.hasobject:
                 raise TraceError(
                     f"{key}: holds Python objects (dtype {dtype}); traces never contain pickles"
+                )
+            declared = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            if info.file_size != header_bytes + declared:
+                raise TraceError(
+                    f"{key}: header declares shape {tuple(shape)} {dtype} ({declared} bytes) "
+                    f"but the member holds {info.file_size - header_bytes} bytes"
                 )
             offset = self._raw_offset(info) if info.compress_type == zipfile.ZIP_STORED else None
             self.members[key] = _Member(key, tuple(shape), dtype, fortran, offset)
@@ -180,7 +193,7 @@ class _NpzReader:
             raw.seek(member_start)
             try:
                 _read_npy_header(raw)
-            except ValueError:
+            except _READ_ERRORS:
                 return None
             return raw.tell()
 
@@ -196,7 +209,7 @@ class _NpzReader:
         try:
             with self._zip.open(key + ".npy") as handle:
                 return np.lib.format.read_array(handle, allow_pickle=False)
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        except _READ_ERRORS as exc:
             raise TraceError(f"{key}: unreadable array data ({exc})") from exc
 
     def close(self) -> None:
@@ -365,9 +378,14 @@ class Trace:
                 f"layers: must be non-empty, non-negative and strictly increasing, got {self.layers.tolist()}"
             )
         self.head_map = self._int_vector(header["head_map"], "head_map")
-        if len(self.head_map) == 0 or self.head_map.min() < 0:
+        if (
+            len(self.head_map) == 0
+            or self.head_map.min() < 0
+            or self.head_map.max() >= len(self.head_map)
+        ):
             raise TraceError(
-                f"head_map: must be non-empty with KV head indices >= 0, got {self.head_map.tolist()}"
+                "head_map: must be non-empty with KV head indices in [0, query heads), "
+                f"got {self.head_map.tolist()}"
             )
         self.num_heads = len(self.head_map)
         self.num_kv_heads = int(self.head_map.max()) + 1
@@ -423,7 +441,7 @@ class Trace:
             member = members[f"attention.L{layer}"]
             if member.shape != (self.num_heads, packed_size(self.n)):
                 raise TraceError(f"{member.name}: expected shape ({self.num_heads}, {packed_size(self.n)}) "
-                                 f"for {self.num_heads} heads and n={self.n}, got {member.shape}")  # fmt: skip
+                                 f"for {self.num_heads} query heads (head_map length) and n={self.n} (token_ids length), got {member.shape}")  # fmt: skip
             if member.dtype != want_dtype:
                 raise TraceError(f"{member.name}: expected dtype {np.dtype(want_dtype)} for encoding "
                                  f"{self.encoding!r}, got {member.dtype}")  # fmt: skip

@@ -95,14 +95,21 @@ class ScorePolicy(Policy):
 def lowest_scored(scores: np.ndarray, kept: np.ndarray, count: int) -> np.ndarray:
     """Positions of the ``count`` lowest-scored kept tokens per unit, never the newest.
 
-    Ties go to the oldest position. Example: scores [[0.5, 0.1, 0.4, 0.9]], all kept,
-    count=1 -> [[1]]; count=2 -> [[1, 2]] (the newest, position 3, is protected).
+    Ties go to the oldest position, also when scores are +inf (protected tokens are
+    evicted, oldest first, only when nothing else is left). Example: scores
+    [[0.5, 0.1, 0.4, 0.9]], all kept, count=1 -> [[1]]; count=2 -> [[1, 2]] (the newest,
+    position 3, is never a candidate).
     """
-    candidates = np.where(kept, scores, np.inf).astype(np.float64, copy=False)  # (units, t+1)
-    candidates[:, -1] = np.inf
+    evictable = kept.copy()  # (units, t+1)
+    evictable[:, -1] = False
+    candidates = np.where(evictable, scores, np.inf)
     if count == 1:
-        return np.argmin(candidates, axis=1)[:, None]
-    order = np.argsort(candidates, axis=1, kind="stable")
+        choice = np.argmin(candidates, axis=1)  # (units,)
+        missed = ~evictable[np.arange(len(choice)), choice]  # every candidate scored +inf
+        if missed.any():
+            choice[missed] = np.argmax(evictable[missed], axis=1)  # oldest evictable
+        return choice[:, None]
+    order = np.lexsort((candidates, ~evictable), axis=-1)  # evictable first, then by score
     return order[:, :count]
 
 

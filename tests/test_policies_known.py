@@ -1,0 +1,170 @@
+"""Known answers: tiny hand-computed traces with every eviction written down.
+
+One query head, one unit, n = 6, budget k = 3 (stream mode, renormalised observation).
+Token 1 is the heavy hitter. ``evicted_at[j] = t`` means token j left at step t.
+Hand computations are in the comments (acc = accumulated observed attention).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from h2osim.policies import lowest_scored, make_policy, policy_names
+from h2osim.replay import ReplayConfig, replay, resolve_budget
+from h2osim.trace import Trace
+
+ROWS = [
+    [1.0],
+    [0.2, 0.8],
+    [0.1, 0.6, 0.3],
+    [0.1, 0.5, 0.16, 0.24],
+    [0.1, 0.4, 0.1, 0.1, 0.3],
+    [0.1, 0.3, 0.1, 0.1, 0.1, 0.3],
+]
+
+
+def rows_trace(rows_per_head, head_map=(0,), prompt_length=None) -> Trace:
+    """A one-layer trace from explicit rows: ``rows_per_head[h][t]`` is row t of head h."""
+    n = len(rows_per_head[0])
+    dense = np.zeros((1, len(rows_per_head), n, n), dtype=np.float32)
+    for head, rows in enumerate(rows_per_head):
+        for t, row in enumerate(rows):
+            dense[0, head, t, : t + 1] = row
+    return Trace.from_arrays(dense, head_map=list(head_map), prompt_length=prompt_length)
+
+
+def evictions(
+    policy_name: str, trace: Trace, budget, unit: int = 0, config=None, **params
+) -> dict[int, int]:
+    result = replay(trace, make_policy(policy_name, **params), budget, config=config)
+    return {j: int(t) for j, t in enumerate(result.evicted_at[unit]) if t >= 0}
+
+
+TRACE = rows_trace([ROWS])
+
+KNOWN = {
+    # FIFO: the oldest goes at each step once the cache is full.
+    "window": ({}, {0: 3, 1: 4, 2: 5}),
+    # token 0 is a sink; among the rest the oldest goes.
+    "sink": ({"sinks": 1}, {1: 3, 2: 4, 3: 5}),
+    # heavy 1 + recent 2. t=3: acc [1.3, 1.4, 0.3, -], {2,3} recent -> evict 0.
+    # t=4: acc1 1.956, acc2 0.478 (row 3 over {1,2,3}), {3,4} recent -> evict 2. t=5: evict 3.
+    "h2o": ({"heavy_ratio": 0.5}, {0: 3, 2: 4, 3: 5}),
+    # no recent window. t=3: acc [1.3, 1.4, 0.3] -> evict 2. t=4: acc [1.419, 1.995, -, 0.286]
+    # -> evict 3. t=5: acc [1.544, 2.495, -, -, 0.375] -> evict 4 (the newest-but-one).
+    "heavy": ({}, {2: 3, 3: 4, 4: 5}),
+    # latest served row. t=3: row 2 [.1,.6,.3] -> 0. t=4: row 3 over {1,2,3} [.556,.178,.267]
+    # -> 2. t=5: row 4 over {1,3,4} [.5,.125,.375] -> 3.
+    "tova": ({}, {0: 3, 2: 4, 3: 5}),
+    # used = >= 50% of row max; last use [0, 2, 2] at t=3 -> 0; [-, 3, 2, 3] -> 2; [-, 4, -, 3, 4] -> 3.
+    "lru": ({"threshold": 0.5}, {0: 3, 2: 4, 3: 5}),
+    # uses [1, 2, 1] at t=3 -> tie 0/2, oldest 0; [-, 3, 1, 0] -> 3; [-, 4, 1, -, 1] -> tie 2/4 -> 2.
+    "lfu": ({"threshold": 0.5}, {0: 3, 3: 4, 2: 5}),
+    # unimportant = below 1/|kept|, history 2, no recent window. counts at t=3 [2, 0, 1] -> 0;
+    # at t=4 [-, 0, 2, 1] -> 2; at t=5 [-, 0, -, 2, 0] -> 3.
+    "scissorhands": ({"history": 2, "recent_ratio": 0.0}, {0: 3, 2: 4, 3: 5}),
+    "full": ({}, {}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(KNOWN))
+def test_known_evictions(name):
+    params, expected = KNOWN[name]
+    assert evictions(name, TRACE, 3, **params) == expected
+
+
+def test_every_online_policy_has_a_known_answer():
+    deterministic = set(policy_names(online=True)) - {"random"}
+    assert deterministic <= set(KNOWN)
+
+
+def test_h2o_known_retained_mass():
+    result = replay(TRACE, make_policy("h2o"), 3)
+    # kept at t=3: {1,2,3} -> 0.9; t=4: {1,3,4} -> 0.8; t=5: {1,4,5} -> 0.7
+    np.testing.assert_allclose(result.retained_mass[:, 0], [1, 1, 1, 0.9, 0.8, 0.7], rtol=1e-6)
+    assert result.kept_at(5)[0].tolist() == [False, True, False, False, True, True]
+
+
+def test_prompt_attended_in_full_evicts_several_after_prefill():
+    trace = rows_trace([ROWS], prompt_length=4)
+    full = ReplayConfig(prompt_mode="full")
+    # no eviction during the 4 prompt rows; at t=4 the cache holds 5 > 2 -> three go at once
+    assert evictions("window", trace, 2, config=full) == {0: 4, 1: 4, 2: 4, 3: 5}
+    # streamed, the same budget evicts from t=2 on
+    assert evictions("window", trace, 2) == {0: 2, 1: 3, 2: 4, 3: 5}
+
+
+# Two query heads sharing one KV head: at t=3 TOVA scores the latest row (row 2) of
+# each head - head A [0.5, 0.3, 0.2], head B [0.001, 0.299, 0.7].
+GQA_ROWS_A = [[1.0], [0.5, 0.5], [0.5, 0.3, 0.2], [0.25, 0.25, 0.25, 0.25]]
+GQA_ROWS_B = [[1.0], [0.5, 0.5], [0.001, 0.299, 0.7], [0.25, 0.25, 0.25, 0.25]]
+
+
+@pytest.mark.parametrize(
+    ("aggregation", "unit", "victim"),
+    [
+        ("sum", 0, 0),  # [0.501, 0.599, 0.9] -> 0
+        ("mean", 0, 0),  # the same ranking
+        ("max", 0, 1),  # [0.5, 0.3, 0.7] -> 1
+        ("per-head", 0, 2),  # head A alone -> 2
+        ("per-head", 1, 0),  # head B alone -> 0
+    ],
+)
+def test_gqa_aggregation_known_answer(aggregation, unit, victim):
+    trace = rows_trace([GQA_ROWS_A, GQA_ROWS_B], head_map=(0, 0))
+    got = evictions("tova", trace, 3, unit=unit, config=ReplayConfig(aggregation=aggregation))
+    assert got == {victim: 3}
+
+
+def test_random_is_seeded_and_uniform():
+    trace = rows_trace([ROWS])
+    first = [evictions("random", trace, 3, seed=s) for s in range(200)]
+    assert first[:5] == [evictions("random", trace, 3, seed=s) for s in range(5)]
+    # at t=3 the candidates are {0, 1, 2}; each should go about a third of the time
+    counts = np.bincount([min(j for j, t in e.items() if t == 3) for e in first], minlength=3)
+    assert counts.sum() == 200 and counts.min() > 40
+
+
+def test_lowest_scored_known_answers():
+    scores = np.array([[0.5, 0.1, 0.4, 0.9]])
+    kept = np.ones((1, 4), dtype=bool)
+    assert lowest_scored(scores, kept, 1).tolist() == [[1]]
+    assert lowest_scored(scores, kept, 2).tolist() == [[1, 2]]
+    kept[0, 1] = False
+    assert lowest_scored(scores, kept, 1).tolist() == [[2]]
+    tied = np.array([[3.0, 1.0, 1.0, 0.0]])  # the newest (0.0) is protected; tie -> oldest
+    assert lowest_scored(tied, np.ones((1, 4), dtype=bool), 1).tolist() == [[1]]
+
+
+@pytest.mark.parametrize(
+    ("budget", "of", "expected"),
+    [(0.2, "sequence", 200), (1, "sequence", 1000), ("128", "sequence", 128), (0.0001, "sequence", 1),
+     (0.5, "prompt", 300), (2, "prompt", 2)],
+)  # fmt: skip
+def test_resolve_budget(budget, of, expected):
+    assert resolve_budget(budget, 1000, 600, of) == expected
+
+
+@pytest.mark.parametrize("bad", [0, -3, 1.5, "abc", float("nan"), float("inf")])
+def test_resolve_budget_rejects(bad):
+    with pytest.raises(ValueError, match="budget"):
+        resolve_budget(bad, 100, 50)
+
+
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [("h2o", {"heavy_ratio": 1.5}), ("sink", {"sinks": -1}), ("lru", {"threshold": 2.0}),
+     ("scissorhands", {"history": 0}), ("scissorhands", {"recent_ratio": -0.1})],
+)  # fmt: skip
+def test_bad_parameters_are_rejected(name, params):
+    with pytest.raises(ValueError):
+        make_policy(name, **params)
+
+
+def test_lowest_scored_with_every_candidate_protected():
+    # all cached candidates score +inf (e.g. sink tokens filling the budget): oldest kept goes
+    scores = np.array([[np.inf, np.inf, np.inf, np.inf]])
+    kept = np.array([[False, True, True, True]])
+    assert lowest_scored(scores, kept, 1).tolist() == [[1]]
+    assert lowest_scored(scores, kept, 2).tolist() == [[1, 2]]
