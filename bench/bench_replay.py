@@ -61,8 +61,8 @@ def main() -> None:
     parser.add_argument(
         "--values", action="store_true", help="store values (adds the output-error metric)"
     )
-    parser.add_argument("--reference-layers", type=int, default=1)
-    parser.add_argument("--reference-n", type=int, default=256)
+    parser.add_argument("--reference-layers", type=int, default=4)
+    parser.add_argument("--reference-n", type=int, default=0, help="default: --n")
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
 
@@ -91,6 +91,7 @@ def main() -> None:
         f"RATIO replay / single read = {replay_seconds / read_seconds:.2f}x   (target <= 3x, goal 2x)"
     )
 
+    args.reference_n = args.reference_n or args.n
     small = synthetic_trace(
         args.reference_n,
         layers=args.reference_layers,

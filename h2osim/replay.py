@@ -196,7 +196,7 @@ def replay(
     if progress:
         from tqdm import tqdm
 
-        steps = tqdm(steps, desc=f"{policy.name} k={budget_tokens}", unit="step", leave=False)
+        steps = tqdm(steps, desc=f"{policy.name} k={budget_tokens}", unit="step", leave=False, delay=1.0)
     for t in steps:
         kept[:, t] = True
         kept_weight[:, t] = 1.0
@@ -300,7 +300,7 @@ def sweep(
     if progress:
         from tqdm import tqdm
 
-        iterator = tqdm(jobs, desc="sweep", unit="replay")
+        iterator = tqdm(jobs, desc="sweep", unit="replay", delay=1.0)
     records = []
     for policy, budget in iterator:
         result = replay(trace, policy, budget, budget_of=budget_of, config=config)
