@@ -1,0 +1,449 @@
+"""Dump attention traces from a real model: ``python -m h2osim.dump -o trace.npz``.
+
+Runs a causal LM with a full (never evicted) KV cache over a prompt, then decodes
+``--max-new-tokens`` tokens one at a time, and records every attention row of the
+chosen layers: prompt rows from the prefill (chunked, ``--prefill-chunk``), one row
+per decoded token after that, plus the value vectors left in the cache. The result is a
+trace in the v1 format (h2osim.trace) with metadata saying exactly how it was made.
+
+Follows the H2O paper's setting (Zhang et al. 2023, Sec. 3: attention of pre-trained
+models at inference) with transformers' eager attention, the only implementation that
+returns attention weights; a model that returns none is refused. Batch size 1.
+
+Exactness (tested on SmolLM2): rows from prefill + decode equal one forward pass over
+the same tokens within 1e-5 in float32; the stored values are the cache's own tensors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import shlex
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from h2osim.trace import DEFAULT_LEVELS, ENCODINGS, Trace, packed_size, row_start
+
+DEFAULT_MAX_TOKENS = 1024  # guard: a full 30-layer SmolLM2 trace at n=1024 is ~280 MB in fp16
+DEFAULT_PREFILL_CHUNK = 512  # bounds prefill memory: layers x heads x chunk x n attention floats
+
+
+def parse_layers(spec: str | None, num_layers: int | None = None) -> list[int] | None:
+    """``"all"``/None -> None (every layer); ``"0,5,10-12"`` -> [0, 5, 10, 11, 12].
+
+    With ``num_layers`` each index is checked to lie in 0..num_layers-1.
+    """
+    if spec is None or spec.strip() in ("", "all"):
+        return None
+    layers: set[int] = set()
+    for part in spec.split(","):
+        part = part.strip()
+        try:
+            if "-" in part:
+                low, high = (int(x) for x in part.split("-", 1))
+                if low > high:
+                    raise ValueError
+                layers.update(range(low, high + 1))
+            else:
+                layers.add(int(part))
+        except ValueError:
+            raise ValueError(
+                f"--layers takes 'all' or comma-separated indices and ranges like 0,5,10-12; got {spec!r}"
+            ) from None
+    if num_layers is not None:
+        bad = sorted(layer for layer in layers if not 0 <= layer < num_layers)
+        if bad:
+            raise ValueError(
+                f"--layers: layer {bad[0]} does not exist; this model has layers 0..{num_layers - 1}"
+            )
+    return sorted(layers)
+
+
+@dataclass
+class Recording:
+    """One traced run: tokens, packed attention rows and values of the recorded layers."""
+
+    token_ids: list[int]
+    prompt_length: int
+    layers: list[int]
+    attention: dict[int, np.ndarray]  # layer -> (H, n(n+1)/2), empty without capture
+    values: dict[int, np.ndarray] | None  # layer -> (KVH, n, head_dim) float32
+    stopped_at_eos: bool
+    prefill_seconds: float
+    decode_seconds: float
+    cache: Any = field(default=None, repr=False)  # the model's DynamicCache after the run
+
+    @property
+    def n(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def decode_steps(self) -> int:
+        return self.n - self.prompt_length
+
+
+class _RowStore:
+    """Preallocated packed lower triangles, filled block by block as the model runs."""
+
+    def __init__(self, layers: Sequence[int], num_heads: int, n_max: int, dtype) -> None:
+        self.layers = list(layers)
+        self.num_heads = num_heads
+        self.packed = {layer: np.zeros((num_heads, packed_size(n_max)), dtype=dtype)
+                       for layer in self.layers}  # fmt: skip
+
+    def add_block(self, attentions, start: int, stop: int) -> None:
+        """Rows ``start..stop-1`` from one forward pass: ``attentions[l]`` is (1, H, stop-start, stop)."""
+        import torch
+
+        if attentions is None:
+            raise _no_weights("the forward pass returned no attentions")
+        lengths = np.arange(start + 1, stop + 1)  # row t holds t+1 entries
+        block_rows = np.repeat(np.arange(stop - start), lengths)
+        block_cols = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        begin, end = row_start(start), row_start(stop)
+        index_cache: dict[Any, tuple[Any, Any]] = {}
+        for layer in self.layers:
+            weights = attentions[layer] if layer < len(attentions) else None
+            if weights is None:
+                raise _no_weights(f"layer {layer} returned no attention weights")
+            want = (1, self.num_heads, stop - start, stop)
+            if tuple(weights.shape) != want:
+                raise ValueError(
+                    f"layer {layer} returned attention of shape {tuple(weights.shape)} at rows "
+                    f"{start}..{stop - 1}, expected {want}: a sliding-window or otherwise "
+                    "limited cache cannot be traced; choose full-attention layers with --layers"
+                )
+            if weights.device not in index_cache:
+                index_cache[weights.device] = (
+                    torch.as_tensor(block_rows, device=weights.device),
+                    torch.as_tensor(block_cols, device=weights.device),
+                )
+            rows, cols = index_cache[weights.device]
+            gathered = weights[0][:, rows, cols]  # (H, entries of rows start..stop-1)
+            self.packed[layer][:, begin:end] = gathered.float().cpu().numpy()
+
+    def truncated(self, n: int) -> dict[int, np.ndarray]:
+        """The packed arrays for the first n rows (rows are stored in order, so a prefix)."""
+        return {layer: packed[:, : packed_size(n)] for layer, packed in self.packed.items()}
+
+
+def _no_weights(what: str) -> Exception:
+    from h2osim.model import AttentionUnavailableError
+
+    return AttentionUnavailableError(
+        f"{what}; attention weights need attn_implementation='eager' (sdpa/flash kernels "
+        "never materialise them)"
+    )
+
+
+def record(
+    model,
+    prompt_ids: Sequence[int],
+    *,
+    max_new_tokens: int = 0,
+    layers: Sequence[int] | None = None,
+    capture: bool = True,
+    store_values: bool = True,
+    forced_tokens: Sequence[int] | None = None,
+    seed: int | None = None,
+    temperature: float = 1.0,
+    stop_token_ids: Sequence[int] = (),
+    prefill_chunk: int | None = DEFAULT_PREFILL_CHUNK,
+    attention_dtype=np.float32,
+    progress: bool = False,
+) -> Recording:
+    """Run ``model`` over ``prompt_ids`` then decode, recording attention rows.
+
+    Decoding is greedy (argmax) unless ``seed`` is given (sampling at ``temperature``),
+    or replays ``forced_tokens`` (teacher forcing; used to time the same tokens with and
+    without capture). Decoding stops after a token in ``stop_token_ids`` (that token's
+    row is recorded). ``capture=False`` runs the identical loop without asking for
+    attention weights - the benchmark's baseline.
+    """
+    import torch
+    from tqdm import tqdm
+    from transformers import DynamicCache
+
+    from h2osim.model import attention_shape, require_attention_weights
+
+    if capture:
+        require_attention_weights(model)
+    prompt = [int(token) for token in prompt_ids]
+    if not prompt:
+        raise ValueError("the prompt has no tokens")
+    if max_new_tokens < 0:
+        raise ValueError(f"--max-new-tokens must be >= 0, got {max_new_tokens}")
+    if forced_tokens is not None and len(forced_tokens) < max_new_tokens:
+        raise ValueError(f"forced_tokens has {len(forced_tokens)} tokens, need {max_new_tokens}")
+    if temperature <= 0:
+        raise ValueError(f"--temperature must be > 0, got {temperature}")
+    if prefill_chunk is not None and prefill_chunk < 1:
+        raise ValueError(f"--prefill-chunk must be >= 1, got {prefill_chunk}")
+    num_layers, num_heads, _, _ = attention_shape(model.config)
+    chosen = list(range(num_layers)) if layers is None else [int(layer) for layer in layers]
+    parse_layers(",".join(map(str, chosen)), num_layers)  # range check
+    device = next(model.parameters()).device
+    prompt_length = len(prompt)
+    n_max = prompt_length + max_new_tokens
+    store = _RowStore(chosen, num_heads, n_max, attention_dtype) if capture else None
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    stops = {int(token) for token in stop_token_ids}
+    cache = DynamicCache(config=model.config)
+    token_ids = list(prompt)
+    stopped = False
+    bar = tqdm(total=n_max, unit="tok", desc="tracing", disable=not progress, file=sys.stderr,
+               dynamic_ncols=True)  # fmt: skip
+    with torch.inference_mode(), bar:
+        started = time.perf_counter()
+        chunk = prefill_chunk or prompt_length
+        for start in range(0, prompt_length, chunk):
+            stop = min(prompt_length, start + chunk)
+            ids = torch.tensor([prompt[start:stop]], device=device)
+            output = model(ids, cache=cache, use_cache=True, output_attentions=capture,
+                           logits_to_keep=1)  # fmt: skip
+            if store is not None:
+                store.add_block(output.attentions, start, stop)
+            bar.update(stop - start)
+        prefill_seconds = time.perf_counter() - started
+        if progress:
+            bar.set_postfix_str(f"prefill {prompt_length / max(prefill_seconds, 1e-9):.0f} tok/s")
+        started = time.perf_counter()
+        logits = output.logits[0, -1]
+        for step in range(max_new_tokens):
+            if forced_tokens is not None:
+                token = int(forced_tokens[step])
+            elif generator is None:
+                token = int(torch.argmax(logits))
+            else:
+                probabilities = torch.softmax(logits.float().cpu() / temperature, dim=-1)
+                token = int(torch.multinomial(probabilities, 1, generator=generator))
+            token_ids.append(token)
+            t = len(token_ids) - 1
+            ids = torch.tensor([[token]], device=device)
+            output = model(ids, cache=cache, use_cache=True, output_attentions=capture)
+            if store is not None:
+                store.add_block(output.attentions, t, t + 1)
+            logits = output.logits[0, -1]
+            bar.update(1)
+            if progress:
+                rate = (step + 1) / max(time.perf_counter() - started, 1e-9)
+                bar.set_postfix_str(f"decode {rate:.1f} tok/s")
+            if forced_tokens is None and token in stops:
+                stopped = True
+                break
+        decode_seconds = time.perf_counter() - started
+    n = len(token_ids)
+    values = None
+    if store_values and capture:
+        values = {}
+        for layer in chosen:
+            stored = cache.layers[layer].values  # (1, KVH, n, d)
+            if stored.shape[0] != 1 or stored.shape[2] != n:
+                raise ValueError(
+                    f"layer {layer}'s cache holds values of shape {tuple(stored.shape)}, "
+                    f"expected (1, KV heads, {n}, head_dim): not a full cache"
+                )
+            values[layer] = stored[0].float().cpu().numpy()
+    return Recording(
+        token_ids=token_ids, prompt_length=prompt_length, layers=chosen,
+        attention=store.truncated(n) if store is not None else {}, values=values,
+        stopped_at_eos=stopped, prefill_seconds=prefill_seconds, decode_seconds=decode_seconds,
+        cache=cache,
+    )  # fmt: skip
+
+
+def stop_tokens(model, tokenizer) -> list[int]:
+    """End-of-sequence ids from the tokenizer and the generation config."""
+    ids: set[int] = set()
+    candidates = [getattr(tokenizer, "eos_token_id", None)]
+    generation = getattr(model, "generation_config", None)
+    candidates.append(getattr(generation, "eos_token_id", None))
+    for candidate in candidates:
+        if isinstance(candidate, int):
+            ids.add(candidate)
+        elif isinstance(candidate, (list, tuple)):
+            ids.update(int(c) for c in candidate)
+    return sorted(ids)
+
+
+def to_trace(recording: Recording, tokenizer, info, metadata: dict[str, Any] | None = None,
+             validate: bool = True) -> Trace:  # fmt: skip
+    """A v1 :class:`Trace` (in memory) from a recording, with model metadata merged in."""
+    from h2osim.model import library_versions, token_pieces
+
+    if not recording.attention:
+        raise ValueError("this recording was made without capture; it holds no attention")
+    full_metadata = {
+        "tool": "h2osim.dump",
+        "model": info.name,
+        "model_sha256": info.source_sha256,
+        "model_info": info.metadata(),
+        "library_versions": library_versions(),
+        "device": info.device,
+        "dtype": info.dtype,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "prompt_length": recording.prompt_length,
+        "decode_steps": recording.decode_steps,
+        "stopped_at_eos": recording.stopped_at_eos,
+        "prefill_seconds": round(recording.prefill_seconds, 3),
+        "decode_seconds": round(recording.decode_seconds, 3),
+    } | dict(metadata or {})
+    return Trace.from_arrays(
+        recording.attention, head_map=info.head_map, token_ids=recording.token_ids,
+        tokens=token_pieces(tokenizer, recording.token_ids), prompt_length=recording.prompt_length,
+        layers=recording.layers, values=recording.values, metadata=full_metadata, validate=validate,
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    from h2osim.model import add_model_arguments, add_text_arguments
+
+    parser = argparse.ArgumentParser(
+        prog="python -m h2osim.dump",
+        description="Dump an attention trace (format v1) from a real model: prefill a text, "
+        "decode some tokens with a full KV cache, record every attention row of the chosen "
+        "layers and the cached value vectors.",
+        epilog="Examples:  python -m h2osim.dump -o for.npz  |  python -m h2osim.dump "
+        "--pydoc-topic naming --truncate 480 --max-new-tokens 32 --layers 0,7,15,23,29 -o "
+        "naming.npz  |  python -m h2osim.dump --chat --prompt 'What is a generator?' "
+        "--max-new-tokens 200 -o chat.npz",
+    )
+    parser.add_argument("-o", "--output", required=True, metavar="PATH",
+                        help="trace file to write (.npz; written atomically)")  # fmt: skip
+    add_text_arguments(parser)
+    group = parser.add_argument_group("decoding")
+    group.add_argument("--max-new-tokens", type=int, default=32, metavar="N",
+                       help="tokens to decode after the prompt (default 32; 0 = prompt only)")  # fmt: skip
+    group.add_argument("--seed", type=int,
+                       help="sample with this seed instead of greedy decoding")  # fmt: skip
+    group.add_argument("--temperature", type=float, default=1.0,
+                       help="sampling temperature with --seed (default 1.0)")  # fmt: skip
+    group.add_argument("--ignore-eos", action="store_true",
+                       help="keep decoding after an end-of-sequence token")  # fmt: skip
+    group.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS, metavar="N",
+                       help=f"refuse traces longer than N tokens, prompt + new (default "
+                            f"{DEFAULT_MAX_TOKENS}; memory grows with N^2)")  # fmt: skip
+    group.add_argument("--prefill-chunk", type=int, default=DEFAULT_PREFILL_CHUNK, metavar="N",
+                       help=f"prefill the prompt N tokens at a time (default {DEFAULT_PREFILL_CHUNK})")  # fmt: skip
+    group = parser.add_argument_group("what is stored")
+    group.add_argument("--layers", default="all", metavar="SPEC",
+                       help="layers to store: 'all' (default) or e.g. 0,7,15-17")  # fmt: skip
+    group.add_argument("--no-values", action="store_true",
+                       help="do not store value vectors (no attention-output error in replays)")  # fmt: skip
+    group.add_argument("--encoding", choices=ENCODINGS, default="float16",
+                       help="attention storage: float16 (default, rel. error <= 2^-11), float32 "
+                            "(exact), quantized (abs. error <= 1/levels, exact row sums, smallest)")  # fmt: skip
+    group.add_argument("--levels", type=int, default=DEFAULT_LEVELS,
+                       help=f"levels of the quantized encoding (default {DEFAULT_LEVELS})")  # fmt: skip
+    group.add_argument("--values-dtype", choices=("float16", "float32"), default="float16",
+                       help="value vector storage (default float16)")  # fmt: skip
+    group.add_argument("--uncompressed", action="store_true",
+                       help="store members raw (bigger; memory-mapped on load)")  # fmt: skip
+    add_model_arguments(parser)
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return parser
+
+
+def _check_output(path: str) -> Path:
+    target = Path(path)
+    if target.is_dir():
+        raise IsADirectoryError(f"--output {target} is a folder; give a file name like trace.npz")
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--output folder {folder} does not exist; create it first")
+    return target
+
+
+def run(args: argparse.Namespace, command: str = "") -> int:
+    from h2osim.model import encode_text, load_model_from_args, text_source_from_args
+
+    target = _check_output(args.output)  # cheap checks first: loading takes seconds
+    layer_spec = parse_layers(args.layers)
+    if args.max_new_tokens < 0:
+        raise ValueError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    if args.max_tokens < 1:
+        raise ValueError(f"--max-tokens must be >= 1, got {args.max_tokens}")
+    if args.seed is None and args.temperature != 1.0:
+        raise ValueError("--temperature needs --seed (decoding is greedy without it)")
+    text = text_source_from_args(args)
+    progress = not args.no_progress
+    model, tokenizer, info = load_model_from_args(args, progress=progress)
+    layers = parse_layers(args.layers, info.num_layers) if layer_spec is not None else None
+    prompt_ids = encode_text(tokenizer, text.text, chat=args.chat, system=args.system,
+                             truncate=args.truncate)  # fmt: skip
+    total = len(prompt_ids) + args.max_new_tokens
+    if total > args.max_tokens:
+        raise ValueError(
+            f"the text is {len(prompt_ids)} tokens + {args.max_new_tokens} new = {total}, over "
+            f"--max-tokens {args.max_tokens}; keep the first N tokens with --truncate N or raise --max-tokens"
+        )
+    if progress:
+        print(f"{info.describe()}; {len(prompt_ids)} prompt tokens", file=sys.stderr)
+    recording = record(
+        model, prompt_ids, max_new_tokens=args.max_new_tokens, layers=layers,
+        store_values=not args.no_values, seed=args.seed, temperature=args.temperature,
+        stop_token_ids=() if args.ignore_eos else stop_tokens(model, tokenizer),
+        prefill_chunk=args.prefill_chunk,
+        attention_dtype=np.float16 if args.encoding == "float16" else np.float32,
+        progress=progress,
+    )  # fmt: skip
+    generation = {
+        "mode": "sampled" if args.seed is not None else "greedy", "seed": args.seed,
+        "temperature": args.temperature if args.seed is not None else None,
+        "max_new_tokens": args.max_new_tokens, "ignore_eos": args.ignore_eos,
+        "prefill_chunk": args.prefill_chunk,
+    }  # fmt: skip
+    metadata = {
+        "command": command, "text": text.metadata(), "chat": args.chat, "system": args.system,
+        "truncate": args.truncate, "generation": generation, "encoding": args.encoding,
+    }  # fmt: skip
+    trace = to_trace(recording, tokenizer, info, metadata)
+    trace.save(target, encoding=args.encoding, levels=args.levels,
+               compress=not args.uncompressed, values_dtype=args.values_dtype)  # fmt: skip
+    size_mb = target.stat().st_size / 1e6
+    print(f"wrote {target} ({size_mb:.1f} MB): {trace.describe()}")
+    print(f"prefill {recording.prompt_length} tokens in {recording.prefill_seconds:.1f} s, "
+          f"decode {recording.decode_steps} tokens in {recording.decode_seconds:.1f} s"
+          f"{' (stopped at end of sequence)' if recording.stopped_at_eos else ''}")  # fmt: skip
+    if recording.decode_steps:
+        answer = tokenizer.decode(recording.token_ids[recording.prompt_length :])
+        print("generated: " + " ".join(answer.split())[:300])
+    return 0
+
+
+def _terminate(signum, frame) -> None:  # SIGTERM -> the same clean exit as Ctrl-C
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from h2osim.cli import run_cli
+
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    try:
+        import h2osim.model  # noqa: F401  (torch + transformers)
+    except ImportError as exc:
+        print(f"python -m h2osim.dump: error: the model stack is not installed ({exc}); "
+              "run `make setup` (or pip install -e '.[model]')", file=sys.stderr)  # fmt: skip
+        return 2
+    command = "python -m h2osim.dump " + shlex.join(arguments)
+    previous = None
+    with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return run_cli(build_parser, lambda args: run(args, command), arguments)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
