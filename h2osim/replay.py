@@ -17,6 +17,7 @@ masking simulation); observation renormalised over the kept tokens or the full r
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -176,7 +177,14 @@ def replay(
     policy = make_policy(policy) if isinstance(policy, str) else policy
     layout = UnitLayout(trace, config)
     n, prompt = trace.n, trace.prompt_length
-    budget_tokens = n if policy.keeps_everything else resolve_budget(budget, n, prompt, budget_of)
+    fixed = policy.fixed_budget(n, prompt)
+    budget_tokens = resolve_budget(budget, n, prompt, budget_of) if fixed is None else fixed
+    if budget_tokens < 1:
+        raise ValueError(
+            f"policy {policy.name!r} asked for a budget of {budget_tokens}; it must be >= 1"
+        )
+    if policy.prompt_mode is not None and policy.prompt_mode != config.prompt_mode:
+        config = dataclasses.replace(config, prompt_mode=policy.prompt_mode)
     context = ReplayContext(
         units=layout.units, n=n, budget=budget_tokens, prompt_length=prompt,
         unit_labels=layout.labels, unit_matrix=None if policy.online else layout.matrix,
@@ -196,7 +204,9 @@ def replay(
     if progress:
         from tqdm import tqdm
 
-        steps = tqdm(steps, desc=f"{policy.name} k={budget_tokens}", unit="step", leave=False, delay=1.0)
+        steps = tqdm(
+            steps, desc=f"{policy.name} k={budget_tokens}", unit="step", leave=False, delay=1.0
+        )
     for t in steps:
         kept[:, t] = True
         kept_weight[:, t] = 1.0
@@ -291,11 +301,15 @@ def sweep(
 ) -> list[dict[str, Any]]:
     """Replay every policy at every budget; one record per (policy, budget).
 
-    ``policies`` are instances (their state is reset per replay). The full cache is
-    replayed once, not once per budget.
+    ``policies`` are instances (their state is reset per replay). Policies that set their
+    own budget (the full cache, absolute-size variants) are replayed once, not per budget.
     """
     jobs = [(policy, budget) for policy in policies for budget in budgets]
-    jobs = [(p, b) for p, b in jobs if not (p.keeps_everything and b != budgets[0])]
+    jobs = [
+        (p, b)
+        for p, b in jobs
+        if b == budgets[0] or p.fixed_budget(trace.n, trace.prompt_length) is None
+    ]
     iterator: Iterable = jobs
     if progress:
         from tqdm import tqdm

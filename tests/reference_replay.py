@@ -21,7 +21,12 @@ def reference_replay(trace, policy, budget, *, budget_of="sequence", config=None
     config = config or ReplayConfig()
     layout = UnitLayout(trace, config)
     n, prompt = trace.n, trace.prompt_length
-    k = n if policy.keeps_everything else resolve_budget(budget, n, prompt, budget_of)
+    fixed = policy.fixed_budget(n, prompt)
+    k = resolve_budget(budget, n, prompt, budget_of) if fixed is None else fixed
+    if policy.prompt_mode is not None:
+        config = ReplayConfig(
+            config.aggregation, policy.prompt_mode, config.observation, config.layers
+        )
     units = layout.units
     # Which (layer, query head) rows feed each unit, and that unit's value vectors.
     heads_of_unit = []

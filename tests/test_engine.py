@@ -24,8 +24,8 @@ class Recorder(Policy):
 
     def __init__(self, inner: Policy):
         self.inner = inner
-        self.name, self.online = inner.name, inner.online
-        self.keeps_everything = inner.keeps_everything
+        self.name, self.online, self.prompt_mode = inner.name, inner.online, inner.prompt_mode
+        self.fixed_budget = inner.fixed_budget
         self.kept_seen: dict[int, np.ndarray] = {}
         self.contexts = []
 
@@ -67,8 +67,8 @@ def test_conformance(name, trace, budget, config):
         kept = recorder.kept_seen[t]  # what the engine really served row t over
         np.testing.assert_array_equal(kept, result.kept_at(t))
         assert kept[:, t].all(), "the newest token is always admitted"
-        in_prefill = config.prompt_mode == "full" and t < trace.prompt_length
-        expected = t + 1 if (in_prefill or name == "full") else min(t + 1, k)
+        in_prefill = result.config.prompt_mode == "full" and t < trace.prompt_length
+        expected = t + 1 if in_prefill else min(t + 1, k)
         assert (kept.sum(axis=1) == expected).all(), "cache holds exactly min(t+1, budget)"
         if t:
             previous = recorder.kept_seen[t - 1]

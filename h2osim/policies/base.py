@@ -51,8 +51,15 @@ class Policy:
 
     name: ClassVar[str] = ""
     online: ClassVar[bool] = True
-    keeps_everything: ClassVar[bool] = False  # True only for the no-eviction reference
     summary: ClassVar[str] = ""
+    # A policy that reproduces a specific code path may force the prompt mode ("full":
+    # prompt attended in full, eviction after prefill) whatever the replay asked for.
+    prompt_mode: ClassVar[str | None] = None
+
+    def fixed_budget(self, n: int, prompt_length: int) -> int | None:
+        """A budget the policy sets itself (e.g. from absolute sizes), or None to use the
+        replay's. Example: the full cache returns n."""
+        return None
 
     def reset(self, context: ReplayContext) -> None:
         """Start a new replay. Default: remember the context."""

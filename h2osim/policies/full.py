@@ -16,7 +16,9 @@ class Full(Policy):
 
     name = "full"
     summary = "no eviction (reference)"
-    keeps_everything = True
+
+    def fixed_budget(self, n: int, prompt_length: int) -> int | None:
+        return n
 
     def evict(self, t: int, kept: np.ndarray, count: int) -> np.ndarray:
         raise RuntimeError("the full cache never evicts; the engine must not ask it to")
