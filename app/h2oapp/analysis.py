@@ -1,0 +1,121 @@
+"""Numbers the pages show about one attention head or one cache unit (pure NumPy).
+
+Follows the H2O paper's Section 3 observations (arXiv 2306.14048): attention is sparse
+(most entries are tiny next to their row's maximum), a few "heavy hitter" tokens collect
+most of the accumulated attention, and the accumulated scores fall off like a power law.
+Simplification: the power-law exponent is a least-squares line on log-log axes, a
+teaching aid, not a statistical test.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from h2osim.metrics import SIGNIFICANCE
+
+# Cache states of a token at step t, as drawn by the token strip (codes are image values).
+FUTURE, EVICTED, EVICTED_NOW, RECENT, HEAVY = range(5)
+STATE_NAMES = {
+    FUTURE: "not generated yet",
+    EVICTED: "evicted earlier",
+    EVICTED_NOW: "evicted at this step",
+    RECENT: "kept: recent run",
+    HEAVY: "kept: older (heavy hitter)",
+}
+
+
+def accumulated_attention(matrix: np.ndarray, per_row: bool = False) -> np.ndarray:
+    """Attention each token received, summed over all query rows (column sums).
+
+    ``matrix`` is a lower-triangular ``(n, n)`` attention matrix. H2O's score is the raw
+    sum; ``per_row`` divides token j's sum by the n - j rows that could attend to it (an
+    old token has been seen by more rows, so its sum is larger for that reason alone).
+    Example: [[1, 0], [0.4, 0.6]] -> [1.4, 0.6]; per_row -> [0.7, 0.6].
+    """
+    column_sums = matrix.sum(axis=0, dtype=np.float64)  # (n,)
+    if not per_row:
+        return column_sums
+    rows_seen = np.arange(matrix.shape[0], 0, -1)  # token j is attended by rows j..n-1
+    return column_sums / rows_seen
+
+
+def log_weights(scores: np.ndarray, decades: float = 3.0) -> np.ndarray:
+    """Scores on a log scale in [0, 1]: the maximum -> 1, ``decades`` below it or less -> 0.
+
+    Example: scores [100, 10, 1, 0.01], decades=3 -> [1, 2/3, 1/3, 0].
+    """
+    top = scores.max() if scores.size else 0.0
+    if top <= 0:
+        return np.zeros_like(scores, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        relative = np.log10(np.maximum(scores, 0) / top)  # (n,), 0 at the max, -inf at 0
+    return np.clip(1.0 + relative / decades, 0.0, 1.0)
+
+
+def sparsity(matrix: np.ndarray, threshold: float = SIGNIFICANCE) -> float:
+    """Share of causal entries below ``threshold`` x their row's maximum.
+
+    Example: [[1, 0], [0.005, 0.995]] -> 1 of 3 entries is below 1% of its row max -> 1/3.
+    """
+    n = matrix.shape[0]
+    causal = np.tri(n, dtype=bool)  # (n, n), j <= t
+    row_max = matrix.max(axis=1, keepdims=True)  # (n, 1)
+    small = (matrix < threshold * row_max) & causal
+    return float(small.sum() / causal.sum())
+
+
+def sink_mass(matrix: np.ndarray) -> float:
+    """Mean attention that rows t >= 1 give to token 0 (the attention sink).
+
+    Example: [[1, 0, 0], [0.5, 0.5, 0], [0.2, 0.3, 0.5]] -> mean(0.5, 0.2) = 0.35.
+    """
+    if matrix.shape[0] < 2:
+        return float(matrix[0, 0])
+    return float(matrix[1:, 0].mean())
+
+
+def top_share(scores: np.ndarray, fraction: float = 0.1) -> float:
+    """Share of the total held by the top ``fraction`` of tokens (at least one token).
+
+    Example: scores [6, 2, 1, 1], fraction 0.25 -> the top token holds 6 of 10 -> 0.6.
+    """
+    count = max(1, int(round(fraction * scores.size)))
+    total = scores.sum()
+    return float(np.sort(scores)[::-1][:count].sum() / total) if total > 0 else 0.0
+
+
+def power_law_fit(scores: np.ndarray) -> tuple[float, float]:
+    """Slope and intercept of log10(score) vs log10(rank) over the top half of the ranks.
+
+    A straight line on log-log axes is the signature of a power law; the slope is its
+    exponent. Zero scores are left out. Example: scores 1/rank -> slope -1.
+    """
+    ranked = np.sort(scores[scores > 0])[::-1]  # (m,)
+    top = max(2, ranked.size // 2)
+    if ranked.size < 2:
+        return 0.0, float(np.log10(ranked[0])) if ranked.size else 0.0
+    ranks = np.arange(1, ranked.size + 1)[:top]
+    slope, intercept = np.polyfit(np.log10(ranks), np.log10(ranked[:top]), 1)
+    return float(slope), float(intercept)
+
+
+def cache_states(evicted_at: np.ndarray, t: int) -> np.ndarray:
+    """State code of every token of one cache unit when row t is served, ``(n,)`` int8.
+
+    ``evicted_at`` is the unit's row of ``ReplayResult.evicted_at`` (step each token left,
+    -1 = never). Kept tokens are split by position: the unbroken run of kept tokens ending
+    at t is RECENT; kept tokens older than that run survived eviction and are HEAVY.
+    Example: evicted_at [-1, 3, -1, -1, -1], t=3 ->
+    [HEAVY, EVICTED_NOW, RECENT, RECENT, FUTURE].
+    """
+    n = evicted_at.shape[0]
+    positions = np.arange(n)
+    kept = (positions <= t) & ((evicted_at < 0) | (evicted_at > t))
+    states = np.full(n, FUTURE, dtype=np.int8)
+    states[(positions <= t) & ~kept] = EVICTED
+    states[evicted_at == t] = EVICTED_NOW
+    gaps = np.flatnonzero(~kept[: t + 1])
+    recent_start = int(gaps[-1]) + 1 if gaps.size else 0
+    states[: t + 1][kept[: t + 1]] = HEAVY
+    states[recent_start : t + 1] = RECENT
+    return states

@@ -1,0 +1,142 @@
+"""Cached wrappers around h2osim: every computation the pages show goes through here.
+
+A trace is named by its :data:`TraceKey` ``(path, mtime_ns, size)``, so a file that
+changes on disk is reloaded. The loaded :class:`~h2osim.trace.Trace` (it holds an open
+zip file) lives in ``st.cache_resource``, shared read-only by all sessions; everything
+derived from it (replays, statistics, rendered PNGs) is plain data in ``st.cache_data``,
+keyed on the trace key, the policy name, its parameters and the replay options.
+
+Shipped traces are the ``*.npz`` files in ``traces/`` (or in ``$H2OSIM_TRACE_DIR``),
+found by globbing, so new ones appear without code changes.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import streamlit as st
+
+from h2oapp import analysis, figures
+from h2osim.policies import make_policy
+from h2osim.replay import ReplayConfig, ReplayResult, replay
+from h2osim.trace import Trace
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+TraceKey = tuple[str, int, int]  # (path, mtime in ns, size in bytes)
+Params = tuple[tuple[str, Any], ...]  # a policy's parameters, sorted by name
+Options = tuple[str, str, str]  # ReplayConfig's (aggregation, prompt_mode, observation)
+
+
+def trace_folder() -> Path:
+    """Where shipped traces live: ``$H2OSIM_TRACE_DIR`` or the repository's ``traces/``."""
+    return Path(os.environ.get("H2OSIM_TRACE_DIR", REPO_ROOT / "traces"))
+
+
+def shipped_traces() -> list[Path]:
+    """The ``*.npz`` files of :func:`trace_folder`: real-model traces first, then by name.
+
+    Example: [synthetic-demo.npz, smollm2-docs.npz] -> [smollm2-docs.npz, synthetic-demo.npz].
+    """
+    found = sorted(trace_folder().glob("*.npz"))
+    return sorted(found, key=lambda path: (path.name.startswith("synthetic"), path.name))
+
+
+def trace_key(path: str | os.PathLike[str]) -> TraceKey:
+    """The cache key of a trace file; raises FileNotFoundError when it is gone."""
+    stat = Path(path).stat()
+    return str(path), stat.st_mtime_ns, stat.st_size
+
+
+@st.cache_resource(max_entries=8, show_spinner="Loading and checking the trace ...")
+def load_trace(key: TraceKey, with_values: bool = True) -> Trace:
+    """The validated trace (TraceError when the file breaks the format).
+
+    ``with_values=False`` gives a copy that reports no value vectors (``has_values`` is
+    False, so ``Trace.values`` returns None): replays of it skip the attention-output
+    error, which is most of a replay's time on traces with values (~70% measured on
+    smollm2-pydoc.npz).
+    """
+    trace = Trace.load(key[0])
+    if not with_values:
+        trace.has_values = False
+    return trace
+
+
+# ----------------------------------------------------------------- trace explorer
+@st.cache_data(max_entries=64, show_spinner=False)
+def head_summary(key: TraceKey, layer: int, head: int, per_row: bool) -> dict[str, Any]:
+    """Section 3 statistics of one query head and its accumulated-attention scores."""
+    trace = load_trace(key)
+    matrix = trace.head_matrix(layer, head)  # (n, n)
+    scores = analysis.accumulated_attention(matrix, per_row=per_row)  # (n,)
+    slope, intercept = analysis.power_law_fit(scores)
+    weights = analysis.log_weights(scores, decades=3.0)
+    return {
+        "scores": scores,
+        "weights": weights,  # log-scaled scores in [0, 1], for colouring the text
+        "sparsity": analysis.sparsity(matrix),
+        "sink_mass": analysis.sink_mass(matrix),
+        "top10_share": analysis.top_share(scores, 0.1),
+        "slope": slope,
+        "intercept": intercept,
+    }
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def heatmap_png(key: TraceKey, layer: int, head: int, log_scale: bool) -> bytes:
+    trace = load_trace(key)
+    title = f"layer {layer}, query head {head} (KV head {trace.head_map[head]})"
+    figure = figures.attention_heatmap(
+        trace.head_matrix(layer, head), trace.prompt_length, log_scale=log_scale, title=title
+    )
+    return figures.png(figure)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def sink_column(key: TraceKey, layer: int, head: int) -> np.ndarray:
+    """Attention of every row on token 0, ``(n,)``, as a dense matrix column."""
+    return load_trace(key).head_matrix(layer, head)[:, 0]
+
+
+# ----------------------------------------------------------------- replays
+def replay_config(options: Options) -> ReplayConfig:
+    aggregation, prompt_mode, observation = options
+    return ReplayConfig(aggregation=aggregation, prompt_mode=prompt_mode, observation=observation)
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def replay_result(
+    key: TraceKey,
+    policy: str,
+    params: Params,
+    budget: float,
+    options: Options,
+    output_error: bool = False,
+) -> ReplayResult:
+    """One replay of the whole trace (all units); ValueError for bad parameters.
+
+    ``output_error`` also measures the attention-output error (when the trace stores
+    value vectors); it makes a replay about 3x slower.
+    """
+    trace = load_trace(key, with_values=output_error)
+    policy_instance = make_policy(policy, **dict(params))
+    return replay(trace, policy_instance, budget, config=replay_config(options))
+
+
+@st.cache_data(max_entries=1024, show_spinner=False)
+def race_record(
+    key: TraceKey,
+    policy: str,
+    params: Params,
+    budget: float,
+    options: Options,
+    output_error: bool = False,
+) -> dict[str, Any]:
+    """The summary row of one (policy, budget) replay, as ``ReplayResult.record()``."""
+    record = replay_result(key, policy, params, budget, options, output_error).record()
+    record["budget_requested"] = budget
+    return record

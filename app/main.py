@@ -1,0 +1,25 @@
+"""h2osim classroom app: ``streamlit run app/main.py``. This file only routes; pages are in views/."""
+
+import importlib.util
+
+import streamlit as st
+
+st.set_page_config(
+    page_title="h2osim: heavy hitters in the KV cache", page_icon=":material/memory:", layout="wide"
+)
+if importlib.util.find_spec("h2osim") is None:
+    st.error(
+        "The h2osim package is not importable. From the repository root run `make setup` "
+        "(it installs h2osim into .venv), then `.venv/bin/streamlit run app/main.py`."
+    )
+    st.stop()
+pages = [
+    st.Page(
+        "views/trace_explorer.py", title="Trace explorer", icon=":material/grid_on:", default=True
+    ),
+    st.Page("views/eviction_dynamics.py", title="Eviction dynamics", icon=":material/animation:"),
+    st.Page("views/policy_race.py", title="Policy race", icon=":material/sports_score:"),
+    st.Page("views/theory_lab.py", title="Theory lab", icon=":material/functions:"),
+    st.Page("views/live_lab.py", title="Live lab", icon=":material/science:"),
+]
+st.navigation(pages).run()

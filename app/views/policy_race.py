@@ -1,0 +1,162 @@
+"""Page 3, Policy race: budget sweeps of several policies, the offline optimum as the bar."""
+
+import pandas as pd
+import streamlit as st
+from h2oapp import cached, figures
+from h2oapp.controls import (
+    PAPER,
+    default,
+    page_intro,
+    policy_label,
+    policy_parameters,
+    replay_options,
+    trace_picker,
+)
+
+from h2osim.policies import policy_names
+from h2osim.replay import resolve_budget
+
+OPTIMUM = "opt"  # the exact offline optimum of permanent eviction, when registered
+BUDGET_GRID = [round(0.05 * i, 2) for i in range(1, 21)]  # cached replays reuse grid points
+METRICS = {
+    "retained_mass": "retained mass",
+    "retained_mass_decode": "retained mass (decode steps)",
+    "worst_unit_mass": "retained mass (worst unit)",
+    "hit_rate": "hit rate",
+    "output_error": "output error",
+    "output_error_decode": "output error (decode steps)",
+}
+
+page_intro(
+    "Policy race",
+    f"""How much does a policy lose at each cache size? Each curve replays the whole trace
+at several budgets and plots the mean **retained attention mass** (higher is better) and
+the **attention-output error** (lower is better): the cache world's miss-ratio curve.
+[H2O]({PAPER}) **Section 4** argues that greedily keeping heavy hitters plus recent tokens
+loses little; its **Section 5** measures the same on downstream tasks. Offline oracles
+(marked *offline oracle*) see the whole future: `{OPTIMUM}`, the best any permanent-eviction
+policy can do, is the bar the online policies race against; the shaded band is the gap.""",
+)
+
+key = trace_picker()
+if key is None:
+    st.stop()
+trace = cached.load_trace(key)
+names = policy_names()
+offline = policy_names(online=False)
+default(
+    "race_policies",
+    [name for name in ("h2o", "sink", "window", OPTIMUM) if name in names],
+)
+default("race_budgets", [0.1, 0.2, 0.3, 0.5])
+
+columns = st.columns([1, 1])
+chosen = columns[0].multiselect(
+    "Policies", names, format_func=policy_label, key="race_policies",
+    help="Every registered policy; offline oracles know the whole trace in advance.",
+)  # fmt: skip
+budgets = sorted(
+    columns[1].pills(
+        "Budgets (share of the sequence kept per cache unit)",
+        BUDGET_GRID,
+        selection_mode="multi",
+        key="race_budgets",
+        help="Each policy is replayed once per budget; replays are cached, so adding a "
+        "budget or a policy only computes what is new.",
+    )  # fmt: skip
+)
+if budgets:
+    columns[1].caption(
+        "k = " + ", ".join(str(resolve_budget(b, trace.n, trace.prompt_length)) for b in budgets)
+        + f" of {trace.n} tokens"
+    )  # fmt: skip
+if OPTIMUM not in names:
+    st.info(
+        f"The exact offline optimum `{OPTIMUM}` is not registered yet: once the oracle "
+        "policies land in `h2osim/policies/` it appears in the list and the gap from any "
+        "online policy to it is shaded here."
+    )
+if not chosen or not budgets:
+    st.warning("Choose at least one policy and one budget.")
+    st.stop()
+with st.expander("Policy parameters"):
+    params = {name: policy_parameters(name, "race") for name in chosen}
+options = replay_options("race")
+default("race_second", "hit_rate")
+second_metric = st.radio(
+    "Second chart", ["hit_rate", "output_error"], key="race_second", horizontal=True,
+    format_func=lambda m: {"hit_rate": "hit rate of significant keys",
+                           "output_error": "attention-output error (replays take about 3x longer)"}[m],
+    disabled=not trace.has_values,
+    help="The output error needs the value vectors stored in the trace.",
+)  # fmt: skip
+output_error = second_metric == "output_error" and trace.has_values
+
+jobs = [(name, budget) for name in chosen for budget in budgets]
+progress = st.progress(0.0, text="Replaying ...")
+records = []
+try:
+    for done, (name, budget) in enumerate(jobs, start=1):
+        if name == "full" and budget != budgets[0]:
+            continue  # keeps everything: one replay is the whole curve
+        records.append(cached.race_record(key, name, params[name], budget, options, output_error))
+        progress.progress(done / len(jobs), text=f"Replayed {name} at budget {budget:.2f}")
+except ValueError as exc:
+    progress.empty()
+    st.error(f"Cannot replay {name} with these settings: {exc}")
+    st.stop()
+progress.empty()
+
+optimum_mass = {
+    r["budget_requested"]: r["retained_mass"] for r in records if r["policy"] == OPTIMUM
+}
+for record in records:
+    best = optimum_mass.get(record["budget_requested"])
+    record["gap_to_opt"] = None if best is None else best - record["retained_mass"]
+
+online_chosen = [name for name in chosen if name not in offline]
+shade = None
+if OPTIMUM in chosen and online_chosen:
+    default("race_shade", "h2o" if "h2o" in online_chosen else online_chosen[0])
+    if st.session_state["race_shade"] not in online_chosen:
+        st.session_state["race_shade"] = online_chosen[0]
+    shade = st.selectbox(f"Shade the gap to {OPTIMUM} of", online_chosen, key="race_shade")
+
+default("race_mass_metric", "retained_mass")
+mass_metric = st.radio(
+    "Retained mass over", ["retained_mass", "retained_mass_decode", "worst_unit_mass"],
+    format_func=lambda m: {"retained_mass": "all steps", "retained_mass_decode": "decode steps only",
+                           "worst_unit_mass": "the worst cache unit"}[m],
+    key="race_mass_metric", horizontal=True,
+)  # fmt: skip
+error_metric = "output_error" if output_error else "hit_rate"
+left, right = st.columns(2)
+left.altair_chart(
+    figures.race_chart(records, mass_metric, METRICS[mass_metric], shade=shade, optimum=OPTIMUM),
+    width="stretch",
+)
+right.altair_chart(
+    figures.race_chart(records, error_metric, METRICS[error_metric]), width="stretch"
+)
+
+table = pd.DataFrame(records)
+shown = [
+    "policy",
+    "description",
+    "online",
+    "budget_requested",
+    "budget",
+    *METRICS,
+    "gap_to_opt",
+    "seconds",
+]
+table = table[[column for column in shown if column in table]].dropna(axis=1, how="all")
+st.dataframe(table, hide_index=True, width="stretch", key="race_table")
+st.download_button(
+    "Download the table (CSV)", table.to_csv(index=False).encode(), file_name="policy-race.csv",
+    mime="text/csv", key="race_download", on_click="ignore",
+)  # fmt: skip
+st.caption(
+    "Open loop: every replay serves the same full-cache rows, so a policy's mistakes never "
+    "feed back into later attention. `seconds` is the replay time on this machine."
+)

