@@ -1,0 +1,894 @@
+"""Live (closed-loop) eviction inside the real model: ``python -m h2osim.live``.
+
+Replay (:mod:`h2osim.replay`) is open loop: its rows come from the full-cache model, so
+evictions never change them. Here the same policy objects drive the model's real KV
+cache while it runs, and every later row, hidden state and logit is computed from
+what was kept - the truth replay can only estimate (DESIGN.md, "Replay semantics").
+
+The step is replay's, in closed loop. For t = 0..n-1, in every cache unit (one
+(layer, KV head)): admit token t; if the unit holds more than k tokens, the policy
+evicts down to k deciding from rows < t only; the model serves row t over what is kept
+(really: the K/V tensors hold k entries); the policy observes row t - the model's own
+attention weights, already a softmax over the kept tokens, i.e. replay's default
+"renormalised" observation - with the unit's query heads aggregated (sum, mean or max;
+one cache per query head is impossible under GQA, the heads share the K/V tensors).
+
+How it plugs in (STYLE.md, "Composition over flags"): :class:`h2osim.live_cache.EvictingCache`
+is a transformers ``Cache`` whose layers apply the eviction the controller
+(:class:`LiveEviction`) scheduled, inside ``cache.update`` - no attention module is
+patched. Keys are cached post-RoPE, rotated at their true position; every forward pass
+gets explicit position ids = the true token index, and the cache reports the tokens it
+has seen, never its shrunken length, as its sequence length.
+
+What scoring costs: score policies need attention weights, which only eager attention
+materialises (no fused kernel); each step the weights of the new row, (layers, heads,
+kept), are aggregated per KV head and copied to numpy for the policy. Policies that
+never observe (window, sink, random) need no weights and run with any attention kernel.
+
+Speed: rows no policy has evicted from yet (the first k, or the prompt in "full" prompt
+mode) are identical for every policy, so they are prefilled once, in chunks, and the
+cache is then copied to one batch row per policy; the evicting steps run all policies
+that share a budget as one batch (one row each), token by token.
+
+Simplifications: batch of policies, never of texts; full-attention layers only; no
+beam search; teacher forcing and greedy generation only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shlex
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from h2osim.policies import (
+    Policy,
+    ReplayContext,
+    all_parameters,
+    make_policy,
+    policy_class,
+    policy_names,
+)
+from h2osim.replay import BUDGET_BASES, PROMPT_MODES, _check_victims, format_table, resolve_budget
+
+LIVE_AGGREGATIONS = ("sum", "mean", "max")
+DEFAULT_PREFILL_CHUNK = 256  # prompt rows per forward pass: bounds the attention weights' memory
+DEFAULT_MAX_TOKENS = 2048
+SWEEP_POLICIES = ("h2o", "heavy", "window", "sink", "tova", "scissorhands", "lru", "lfu", "random")
+
+
+@dataclass(frozen=True)
+class LiveConfig:
+    """How a live run is done (everything except the policies and their budget)."""
+
+    aggregation: str = "sum"  # how a KV head's query heads combine: sum | mean | max
+    prompt_mode: str = "stream"  # stream: evict from token k on; full: prompt first, in full
+    prefill_chunk: int = DEFAULT_PREFILL_CHUNK  # shared rows per forward pass
+    batch: int = 0  # most policies per forward pass (0: every policy sharing a budget)
+
+    def __post_init__(self) -> None:
+        if self.aggregation == "per-head":
+            raise ValueError(
+                "--aggregation per-head is replay-only: under GQA a KV head's query heads share "
+                "one K/V tensor, so live eviction keeps one cache per KV head; choose sum, mean or max"
+            )
+        if self.aggregation not in LIVE_AGGREGATIONS:
+            raise ValueError(
+                f"aggregation must be one of {LIVE_AGGREGATIONS}, got {self.aggregation!r}"
+            )
+        if self.prompt_mode not in PROMPT_MODES:
+            raise ValueError(f"prompt mode must be one of {PROMPT_MODES}, got {self.prompt_mode!r}")
+        if self.prefill_chunk < 1:
+            raise ValueError(f"--prefill-chunk must be >= 1, got {self.prefill_chunk}")
+        if self.batch < 0:
+            raise ValueError(f"--batch must be >= 0 (0 = all), got {self.batch}")
+
+
+def observes(policy: Policy) -> bool:
+    """Whether ``policy`` reads attention rows (overrides :meth:`Policy.observe`)."""
+    return type(policy).observe is not Policy.observe
+
+
+def check_live_policy(policy: Policy) -> None:
+    """Refuse offline policies: a real cache cannot read rows from the future."""
+    if not policy.online:
+        online = ", ".join(name for name in policy_names(online=True) if name != "full")
+        raise ValueError(
+            f"policy {policy.name!r} is offline (it reads the whole trace, future included) and "
+            f"cannot run live; replay it instead (python -m h2osim.replay). Live policies: {online}"
+        )
+
+
+# --------------------------------------------------------------------------- the controller
+class LiveEviction:
+    """One policy per batch row over an :class:`EvictingCache`: replay's step, closed loop.
+
+    Bookkeeping is numpy, ``(rows, units, ...)``, with units ordered (layer, KV head) as
+    in replay: ``kept`` and ``evicted_at`` per position, ``slot_positions`` the token each
+    cache slot holds. :meth:`admit` decides the evictions of a step and returns the
+    per-layer :class:`SlotPlan` s; :meth:`observe_rows` shows the policies the served row.
+    """
+
+    def __init__(
+        self,
+        policies: Sequence[Policy],
+        budget: int,
+        n: int,
+        prompt_length: int,
+        shape: tuple[int, int, int],
+        config: LiveConfig,
+        device: Any = "cpu",
+    ) -> None:
+        self.policies = list(policies)
+        self.budget, self.n, self.prompt_length = budget, n, prompt_length
+        self.num_layers, self.num_heads, self.num_kv_heads = shape
+        self.group = self.num_heads // self.num_kv_heads
+        self.units = self.num_layers * self.num_kv_heads
+        self.config = config
+        self.device = device
+        self.unit_labels = tuple(
+            (layer, kv) for layer in range(self.num_layers) for kv in range(self.num_kv_heads)
+        )
+        for policy in self.policies:
+            check_live_policy(policy)
+            policy.reset(ReplayContext(units=self.units, n=n, budget=budget,
+                                       prompt_length=prompt_length, unit_labels=self.unit_labels))  # fmt: skip
+        rows = len(self.policies)
+        self.kept = np.zeros((rows, self.units, n), dtype=bool)
+        self.evicted_at = np.full((rows, self.units, n), -1, dtype=np.int32)
+        self.slot_positions = np.zeros((rows, self.units, 0), dtype=np.int64)  # (rows, units, held)
+        self.held_at = np.zeros(n, dtype=np.int32)  # slots per unit when row t was served
+        self.observing = [observes(policy) for policy in self.policies]
+        self.needs_weights = any(self.observing)
+        self.policy_seconds = 0.0  # evict + observe + bookkeeping, all steps
+
+    @property
+    def rows(self) -> int:
+        return len(self.policies)
+
+    def shared_prefix(self) -> int:
+        """Rows [0, f) served before any eviction, identical for every policy.
+
+        Example: stream mode, k=100, n=400 -> 100; full prompt mode, P=300, k=100 -> 300.
+        """
+        first = (
+            self.budget
+            if self.config.prompt_mode == "stream"
+            else max(self.budget, self.prompt_length)
+        )
+        return min(self.n, first)
+
+    def admit(self, t: int, new_tokens: int = 1) -> list | None:
+        """Admit tokens t..t+new_tokens-1, evicting down to the budget first if needed.
+
+        Returns one plan per layer for :meth:`EvictingCache.schedule`, or None (append).
+        Only single-token steps evict; the shared prefix is fed in eviction-free chunks.
+        """
+        started = time.perf_counter()
+        new = np.arange(t, t + new_tokens)
+        self.kept[:, :, new] = True
+        held = self.slot_positions.shape[-1]
+        count = held + new_tokens - self.budget
+        in_prefill = self.config.prompt_mode == "full" and t < self.prompt_length
+        plans = None
+        if count <= 0 or in_prefill:
+            appended = np.broadcast_to(new, (self.rows, self.units, new_tokens))
+            self.slot_positions = np.concatenate([self.slot_positions, appended], axis=2)
+        elif new_tokens != 1:
+            raise RuntimeError(f"a chunk of {new_tokens} tokens at t={t} would need eviction")
+        else:
+            plans = self._evict(t, count)
+        self.policy_seconds += time.perf_counter() - started
+        return plans
+
+    def _evict(self, t: int, count: int) -> list:
+        from h2osim.live_cache import apply_plan
+
+        units = np.arange(self.units)[:, None]
+        for row, policy in enumerate(self.policies):
+            kept = self.kept[row]
+            view = kept[:, : t + 1]
+            view.flags.writeable = False
+            victims = np.asarray(policy.evict(t, view, count))  # (units, count)
+            view.flags.writeable = True
+            _check_victims(policy, victims, kept, t, count)
+            kept[units, victims] = False
+            self.evicted_at[row][units, victims] = t
+        # which slots survive: (rows, units, held), read off the updated kept sets
+        survives = np.take_along_axis(self.kept[:, :, :t], self.slot_positions, axis=2)
+        flat = self.slot_positions.reshape(self.rows * self.units, -1)
+        if count == 1:
+            overwrite = np.argmin(survives, axis=2)  # (rows, units): the victim's slot
+            updated = apply_plan(flat, np.array([t]), overwrite=overwrite.reshape(-1))
+            self.slot_positions = updated.reshape(self.rows, self.units, -1)
+            return self._layer_plans(overwrite[..., None], overwrite=True)
+        keep = np.nonzero(survives)[2].reshape(self.rows, self.units, -1)  # ascending slots
+        updated = apply_plan(flat, np.array([t]), keep=keep.reshape(self.rows * self.units, -1))
+        self.slot_positions = updated.reshape(self.rows, self.units, -1)
+        return self._layer_plans(keep, overwrite=False)
+
+    def _layer_plans(self, slots: np.ndarray, overwrite: bool) -> list:
+        """``(rows, units, s)`` slots -> one :class:`SlotPlan` per layer, ``(rows, KVH, s)``."""
+        import torch
+
+        from h2osim.live_cache import SlotPlan
+
+        by_layer = torch.from_numpy(np.ascontiguousarray(slots)).to(self.device)
+        by_layer = by_layer.view(self.rows, self.num_layers, self.num_kv_heads, slots.shape[-1])
+        if overwrite:
+            return [SlotPlan(overwrite=by_layer[:, layer]) for layer in range(self.num_layers)]
+        return [SlotPlan(keep=by_layer[:, layer]) for layer in range(self.num_layers)]
+
+    def aggregate(self, weights: Sequence[Any]) -> np.ndarray:
+        """``(batch, units, queries, slots)`` float32 from every layer's ``(batch, heads,
+        queries, slots)`` attention weights, a KV head's query heads combined (``repeat_kv``
+        layout: query head h reads KV head h // group)."""
+        import torch
+
+        stacked = torch.stack(list(weights))  # (L, B, H, Q, S)
+        grouped = stacked.float().unflatten(
+            2, (self.num_kv_heads, self.group)
+        )  # (L, B, KVH, G, Q, S)
+        if self.config.aggregation == "sum":
+            combined = grouped.sum(dim=3)
+        elif self.config.aggregation == "mean":
+            combined = grouped.mean(dim=3)
+        else:
+            combined = grouped.amax(dim=3)
+        batch, queries, slots = stacked.shape[1], stacked.shape[3], stacked.shape[4]
+        combined = combined.permute(1, 0, 2, 3, 4).reshape(batch, self.units, queries, slots)
+        return combined.cpu().numpy()
+
+    def observe_rows(self, t: int, served: np.ndarray | None) -> None:
+        """Row t was served: record the slot count and show the policies what was attended.
+
+        ``served`` is ``(1 or rows, units, slots)`` in slot order, or None when no policy
+        observes. A single row (the shared prefix) is shown to every policy, read-only.
+        """
+        started = time.perf_counter()
+        self.held_at[t] = min(self.slot_positions.shape[-1], t + 1)  # a chunk admits ahead
+        if served is not None:
+            units = np.arange(self.units)[:, None]
+            observed = None
+            for row, policy in enumerate(self.policies):
+                if not self.observing[row]:
+                    continue
+                if observed is None or served.shape[0] > 1:
+                    observed = np.zeros((self.units, t + 1), dtype=np.float32)  # (units, t+1)
+                    slots = self.slot_positions[row][:, : served.shape[-1]]  # a chunk's row t: t+1
+                    observed[units, slots] = served[min(row, len(served) - 1)]
+                    observed.flags.writeable = False
+                view = self.kept[row][:, : t + 1]
+                view.flags.writeable = False
+                policy.observe(t, observed, view)
+                view.flags.writeable = True
+        self.policy_seconds += time.perf_counter() - started
+
+
+# --------------------------------------------------------------------------- one batch run
+@dataclass
+class GroupRun:
+    """What :func:`run_group` measured for a batch of policies that share a budget."""
+
+    controller: LiveEviction
+    token_ids: np.ndarray  # (rows, n): the tokens fed (teacher forcing: the text in every row)
+    kv_bytes: int  # K/V bytes per row (per policy) at the end
+    max_held: int  # most slots per unit while evicting (stream mode: <= the budget)
+    prefill_seconds: float  # the shared prefix, once for all rows
+    decode_seconds: float  # the token-by-token steps, all rows together
+    decode_steps: int
+    forward_seconds: float  # of decode_seconds: inside the model's forward passes
+    cache: Any = field(default=None, repr=False)  # the EvictingCache at the end
+
+
+def model_shape(model) -> tuple[int, int, int]:
+    """``(layers, query heads, KV heads)`` of a transformers model."""
+    from h2osim.model import attention_shape
+
+    layers, heads, kv_heads, _ = attention_shape(model.config)
+    return layers, heads, kv_heads
+
+
+def run_group(
+    model,
+    policies: Sequence[Policy],
+    budget: int,
+    known_ids: Sequence[int],
+    n: int,
+    prompt_length: int,
+    config: LiveConfig,
+    *,
+    on_logits: Callable[[int, Any], None] | None = None,
+    choose: Callable[[int, Any], Any] | None = None,
+    all_logits: bool = True,
+    on_step: Callable[[int], None] | None = None,
+    row_hook: Callable[[int, Any, np.ndarray], None] | None = None,
+) -> GroupRun:
+    """Run ``policies`` (one batch row each) over n tokens with k = ``budget`` per unit.
+
+    ``known_ids`` are fed as given (teacher forcing: all n; generation: the prompt); after
+    them ``choose(t, logits)`` picks every row's token t from the ``(rows, vocab)`` logits
+    of row t-1. ``on_logits(t0, logits)`` receives the ``(1 or rows, m, vocab)`` logits of
+    rows t0..t0+m-1 (``all_logits=False``: the prefix gives only its last row).
+    ``row_hook(t0, attentions, slot_positions)`` sees each forward pass's raw attention
+    weights and the token held by each slot (tests rebuild the served rows from them).
+    """
+    import torch
+
+    from h2osim.live_cache import EvictingCache
+    from h2osim.model import require_attention_weights
+
+    device = next(model.parameters()).device
+    controller = LiveEviction(
+        policies, budget, n, prompt_length, model_shape(model), config, device
+    )
+    if controller.needs_weights:
+        require_attention_weights(model)
+    cache = EvictingCache.for_model(model)
+    rows = controller.rows
+    known = min(n, len(known_ids))
+    token_ids = np.zeros((rows, n), dtype=np.int64)
+    token_ids[:, :known] = np.asarray(list(known_ids)[:known], dtype=np.int64)
+    shared = min(controller.shared_prefix(), known)
+    weights = controller.needs_weights
+    logits = None
+    with torch.inference_mode():
+        started = time.perf_counter()
+        for start in range(0, shared, config.prefill_chunk):
+            stop = min(shared, start + config.prefill_chunk)
+            controller.admit(start, stop - start)  # never evicts: rows < shared
+            output = model(torch.as_tensor(token_ids[:1, start:stop], device=device), cache=cache,
+                           position_ids=torch.arange(start, stop, device=device)[None],
+                           use_cache=True, output_attentions=weights,
+                           logits_to_keep=0 if all_logits else 1)  # fmt: skip
+            if row_hook is not None:
+                row_hook(start, output.attentions, controller.slot_positions)
+            chunk_rows = controller.aggregate(output.attentions) if weights else None
+            for offset in range(stop - start):  # (1, units, m, stop) -> one row at a time
+                t = start + offset
+                served = None if chunk_rows is None else chunk_rows[:, :, offset, : t + 1]
+                controller.observe_rows(t, served)
+            logits = output.logits
+            if on_logits is not None:
+                on_logits(start if all_logits else stop - 1, logits)
+            if on_step is not None:
+                on_step(stop - start)
+        if rows > 1 and shared > 0:
+            cache.batch_repeat_interleave(rows)  # one copy of the prefix per policy
+        prefill_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        forward_seconds, max_held = 0.0, 0
+        last = None if logits is None else logits[:, -1].expand(rows, -1)
+        for t in range(shared, n):
+            if t < known:
+                step_ids = torch.as_tensor(token_ids[:, t : t + 1], device=device)
+            else:
+                chosen = choose(t, last).reshape(rows)
+                token_ids[:, t] = chosen.cpu().numpy()
+                step_ids = chosen.reshape(rows, 1).to(device)
+            plans = controller.admit(t)
+            if plans is not None:
+                cache.schedule(plans)
+            forward_started = time.perf_counter()
+            output = model(step_ids, cache=cache, position_ids=torch.full((rows, 1), t, device=device),
+                           use_cache=True, output_attentions=weights)  # fmt: skip
+            forward_seconds += time.perf_counter() - forward_started
+            if row_hook is not None:
+                row_hook(t, output.attentions, controller.slot_positions)
+            controller.observe_rows(
+                t, controller.aggregate(output.attentions)[:, :, 0] if weights else None
+            )
+            held = cache.held()
+            if held != controller.slot_positions.shape[-1]:
+                raise RuntimeError(f"the cache holds {held} slots per unit, the controller "
+                                   f"expects {controller.slot_positions.shape[-1]} (t={t})")  # fmt: skip
+            max_held = max(max_held, held)
+            last = output.logits[:, -1]
+            if on_logits is not None:
+                on_logits(t, output.logits)
+            if on_step is not None:
+                on_step(1)
+        decode_seconds = time.perf_counter() - started
+    if max_held > budget and (config.prompt_mode == "stream" or shared < n):
+        raise RuntimeError(f"the cache held {max_held} slots per unit, over the budget {budget}")
+    return GroupRun(
+        controller=controller, token_ids=token_ids, kv_bytes=cache.kv_bytes() // max(rows, 1),
+        max_held=max_held, prefill_seconds=prefill_seconds, decode_seconds=decode_seconds,
+        decode_steps=n - shared, forward_seconds=forward_seconds, cache=cache,
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- results
+@dataclass
+class LiveResult:
+    """One policy's live run. Per-step arrays cover predictions t = 0..n-2 (row t -> token t+1)."""
+
+    policy: str
+    description: str
+    budget: int
+    n: int
+    prompt_length: int
+    prompt_mode: str
+    unit_labels: tuple[tuple[int, int], ...]
+    token_ids: np.ndarray  # (n,)
+    evicted_at: np.ndarray  # (units, n) int32: step at which each token left, -1 = never
+    held_at: np.ndarray  # (n,) slots per unit when row t was served
+    kv_bytes: int  # K/V bytes at the end (this policy's cache)
+    logprob: np.ndarray | None = None  # (n-1,) log p(token t+1 | row t), teacher forcing
+    kl: np.ndarray | None = None  # (n-1,) KL(full || live) of the next-token distribution
+    top1: np.ndarray | None = None  # (n-1,) bool: same argmax as the full cache
+    timing: dict[str, float] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def kept_at(self, t: int) -> np.ndarray:
+        """``(units, t+1)`` bool: what each unit held when row t was served."""
+        left = self.evicted_at[:, : t + 1]
+        return (left < 0) | (left > t)
+
+    def record(self) -> dict[str, Any]:
+        """One flat, JSON-ready row."""
+        return {"policy": self.policy, "description": self.description, "budget": self.budget,
+                "budget_fraction": self.budget / self.n, "n": self.n,
+                "prompt_mode": self.prompt_mode, **self.summary, **self.timing}  # fmt: skip
+
+
+def summarize_teacher_forced(result: LiveResult, full_kv_bytes: int) -> dict[str, Any]:
+    """Perplexity, KL and top-1 agreement over all predictions and over the evicted ones
+    (rows served over a compressed cache: held < t+1)."""
+    steps = np.arange(result.n - 1)
+    evicted = result.held_at[:-1] < steps + 1
+    summary: dict[str, Any] = {}
+    for suffix, chosen in (("", np.ones_like(evicted)), ("_evicted", evicted)):
+        if not chosen.any():
+            summary |= {f"perplexity{suffix}": None, f"kl{suffix}": None, f"top1{suffix}": None}
+            continue
+        summary[f"perplexity{suffix}"] = float(np.exp(-result.logprob[chosen].mean()))
+        summary[f"kl{suffix}"] = float(result.kl[chosen].mean())
+        summary[f"top1{suffix}"] = float(result.top1[chosen].mean())
+    summary["evicted_steps"] = int(evicted.sum())
+    summary["kv_bytes"] = result.kv_bytes
+    summary["kv_fraction"] = result.kv_bytes / full_kv_bytes if full_kv_bytes else None
+    return summary
+
+
+def _timing(run: GroupRun) -> dict[str, float]:
+    steps = max(run.decode_steps, 1)
+    return {
+        "rows_in_batch": run.controller.rows,
+        "prefill_seconds": round(run.prefill_seconds, 3),
+        "decode_seconds": round(run.decode_seconds, 3),
+        "decode_ms_per_step": round(1000 * run.decode_seconds / steps, 2),
+        "forward_ms_per_step": round(1000 * run.forward_seconds / steps, 2),
+        "policy_ms_per_step": round(1000 * run.controller.policy_seconds / steps, 2),
+    }
+
+
+@dataclass
+class LiveReport:
+    """A live run of several policies against the full cache (the reference)."""
+
+    mode: str  # "teacher-forced" | "generate"
+    reference: LiveResult
+    results: list[LiveResult]
+    config: LiveConfig
+
+    def records(self) -> list[dict[str, Any]]:
+        return [result.record() for result in [self.reference, *self.results]]
+
+
+def _groups(
+    policies: Sequence[Policy], budget: float | int | str, budget_of: str, n: int, prompt_length: int,
+    config: LiveConfig,
+) -> list[tuple[int, LiveConfig, list[Policy]]]:  # fmt: skip
+    """Policies grouped by (budget k, prompt mode), in batches of ``config.batch``."""
+    grouped: dict[tuple[int, str], list[Policy]] = {}
+    for policy in policies:
+        check_live_policy(policy)
+        fixed = policy.fixed_budget(n, prompt_length)
+        k = resolve_budget(budget, n, prompt_length, budget_of) if fixed is None else fixed
+        if k < 1:
+            raise ValueError(f"policy {policy.name!r} asked for a budget of {k}; it must be >= 1")
+        mode = policy.prompt_mode or config.prompt_mode
+        grouped.setdefault((min(k, n), mode), []).append(policy)
+    batches = []
+    for (k, mode), members in grouped.items():
+        size = config.batch or len(members)
+        own = LiveConfig(config.aggregation, mode, config.prefill_chunk, config.batch)
+        batches += [(k, own, members[i : i + size]) for i in range(0, len(members), size)]
+    return batches
+
+
+def reference_logprobs(model, token_ids: Sequence[int], chunk: int = DEFAULT_PREFILL_CHUNK):
+    """Full-cache log-probabilities ``(n, vocab)`` float32 and the K/V bytes of the full cache:
+    transformers' own ``DynamicCache``, chunked forward passes, explicit positions."""
+    import torch
+    from transformers import DynamicCache
+
+    device = next(model.parameters()).device
+    cache = DynamicCache(config=model.config)
+    pieces = []
+    with torch.inference_mode():
+        for start in range(0, len(token_ids), chunk):
+            stop = min(len(token_ids), start + chunk)
+            ids = torch.as_tensor([list(token_ids[start:stop])], device=device)
+            output = model(ids, cache=cache, use_cache=True,
+                           position_ids=torch.arange(start, stop, device=device)[None])  # fmt: skip
+            pieces.append(torch.log_softmax(output.logits[0].float(), dim=-1).cpu())
+    kv_bytes = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
+    return torch.cat(pieces), kv_bytes
+
+
+def teacher_forced(
+    model,
+    token_ids: Sequence[int],
+    policies: Sequence[Policy | str],
+    budget: float | int | str = 0.2,
+    *,
+    budget_of: str = "sequence",
+    prompt_length: int = 0,
+    config: LiveConfig | None = None,
+    progress: bool = False,
+    row_hook: Callable[[int, Any, np.ndarray], None] | None = None,
+) -> LiveReport:
+    """Feed ``token_ids`` (the text) to the model under each policy; compare with the full cache.
+
+    Row t predicts token t+1: perplexity of the text, and against the full cache the KL
+    divergence of the next-token distribution and top-1 agreement. The budget is a
+    fraction of n (or of ``prompt_length`` with ``budget_of="prompt"``) or a count.
+    """
+    import torch
+
+    config = config or LiveConfig()
+    policies = [make_policy(p) if isinstance(p, str) else p for p in policies]
+    ids = [int(token) for token in token_ids]
+    n = len(ids)
+    if n < 2:
+        raise ValueError(f"teacher forcing needs at least 2 tokens, got {n}")
+    _check_prompt(prompt_length, n, budget_of, config, policies)
+    groups = _groups(policies, budget, budget_of, n, prompt_length, config)
+    bar = _bar(progress, n * (1 + len(groups)), "live")
+    with bar:
+        reference_logp, full_kv_bytes = reference_logprobs(model, ids, config.prefill_chunk)
+        bar.update(n)
+        targets = torch.as_tensor(ids[1:])
+        reference_top = reference_logp.argmax(dim=-1)
+        full = LiveResult(
+            policy="full", description="full", budget=n, n=n, prompt_length=prompt_length,
+            prompt_mode=config.prompt_mode, unit_labels=(), token_ids=np.asarray(ids),
+            evicted_at=np.zeros((0, n), dtype=np.int32), held_at=np.arange(1, n + 1),
+            kv_bytes=full_kv_bytes,
+            logprob=reference_logp[:-1].gather(1, targets[:, None])[:, 0].numpy(),
+            kl=np.zeros(n - 1), top1=np.ones(n - 1, dtype=bool),
+        )  # fmt: skip
+        full.summary = summarize_teacher_forced(full, full_kv_bytes)
+        results = []
+        for k, group_config, members in groups:
+            logprob = np.zeros((len(members), n - 1))
+            kl = np.zeros((len(members), n - 1))
+            top1 = np.zeros((len(members), n - 1), dtype=bool)
+
+            def on_logits(t0: int, logits, logprob=logprob, kl=kl, top1=top1) -> None:
+                steps = np.arange(t0, min(t0 + logits.shape[1], n - 1))
+                if len(steps) == 0:
+                    return
+                logp = torch.log_softmax(logits[:, : len(steps)].float(), dim=-1).cpu()  # (R, m, V)
+                reference = reference_logp[steps]  # (m, V)
+                logprob[:, steps] = logp.gather(
+                    2, targets[steps][None, :, None].expand(len(logp), -1, 1)
+                )[..., 0].numpy()
+                kl[:, steps] = (reference.exp() * (reference - logp)).sum(dim=-1).numpy()
+                top1[:, steps] = (logp.argmax(dim=-1) == reference_top[steps]).numpy()
+
+            run = run_group(model, members, k, ids, n, prompt_length, group_config,
+                            on_logits=on_logits, on_step=bar.update, row_hook=row_hook)  # fmt: skip
+            for row, policy in enumerate(members):
+                result = _result(policy, run, row, k, n, prompt_length, group_config)
+                result.logprob, result.kl, result.top1 = logprob[row], kl[row], top1[row]
+                result.summary = summarize_teacher_forced(result, full_kv_bytes)
+                results.append(result)
+    return LiveReport("teacher-forced", full, results, config)
+
+
+def generate(
+    model,
+    prompt_ids: Sequence[int],
+    policies: Sequence[Policy | str],
+    budget: float | int | str = 0.2,
+    *,
+    max_new_tokens: int = 32,
+    budget_of: str = "sequence",
+    config: LiveConfig | None = None,
+    progress: bool = False,
+) -> LiveReport:
+    """Greedy generation of ``max_new_tokens`` after the prompt under each policy and the full
+    cache. The budget is a fraction of n = prompt + new tokens (or of the prompt)."""
+    config = config or LiveConfig()
+    if max_new_tokens < 1:
+        raise ValueError(f"--generate needs at least 1 new token, got {max_new_tokens}")
+    policies = [make_policy(p) if isinstance(p, str) else p for p in policies]
+    prompt = [int(token) for token in prompt_ids]
+    if not prompt:
+        raise ValueError("the prompt has no tokens")
+    prompt_length = len(prompt)
+    n = prompt_length + max_new_tokens
+    _check_prompt(prompt_length, n, budget_of, config, policies)
+    full_policy = make_policy("full")
+    groups = [(n, config, [full_policy])] + _groups(
+        policies, budget, budget_of, n, prompt_length, config
+    )
+    bar = _bar(progress, n * len(groups), "live")
+
+    def greedy(t: int, logits):
+        return logits.argmax(dim=-1)
+
+    results = []
+    with bar:
+        for k, group_config, members in groups:
+            run = run_group(model, members, k, prompt, n, prompt_length, group_config, choose=greedy,
+                            all_logits=False, on_step=bar.update)  # fmt: skip
+            for row, policy in enumerate(members):
+                results.append(_result(policy, run, row, k, n, prompt_length, group_config))
+    reference, results = results[0], results[1:]
+    full_new = reference.token_ids[prompt_length:]
+    for result in [reference, *results]:
+        new = result.token_ids[prompt_length:]
+        differs = np.nonzero(new != full_new)[0]
+        result.summary = {
+            "agree_prefix": int(differs[0]) if len(differs) else len(new),
+            "agree_rate": float((new == full_new).mean()),
+            "kv_bytes": result.kv_bytes,
+            "kv_fraction": result.kv_bytes / reference.kv_bytes,
+        }
+    return LiveReport("generate", reference, results, config)
+
+
+def _result(policy: Policy, run: GroupRun, row: int, k: int, n: int, prompt_length: int,
+            config: LiveConfig) -> LiveResult:  # fmt: skip
+    controller = run.controller
+    return LiveResult(
+        policy=policy.name, description=policy.describe(), budget=k, n=n,
+        prompt_length=prompt_length, prompt_mode=config.prompt_mode,
+        unit_labels=controller.unit_labels, token_ids=run.token_ids[row].copy(),
+        evicted_at=controller.evicted_at[row].copy(), held_at=controller.held_at.copy(),
+        kv_bytes=run.kv_bytes, timing=_timing(run),
+    )  # fmt: skip
+
+
+def _check_prompt(prompt_length: int, n: int, budget_of: str, config: LiveConfig,
+                  policies: Sequence[Policy]) -> None:  # fmt: skip
+    if prompt_length < 0 or prompt_length >= n:
+        raise ValueError(
+            f"--prompt-length must be in 0..{n - 1} (n = {n} tokens), got {prompt_length}"
+        )
+    if budget_of not in BUDGET_BASES:
+        raise ValueError(f"budget base must be one of {BUDGET_BASES}, got {budget_of!r}")
+    needs_prompt = (
+        budget_of == "prompt"
+        or config.prompt_mode == "full"
+        or any(p.prompt_mode == "full" for p in policies)
+    )
+    if needs_prompt and prompt_length == 0:
+        raise ValueError(
+            "a budget of the prompt or the 'full' prompt mode needs a prompt: give --prompt-length P "
+            "(teacher forcing treats the first P tokens as the prompt)"
+        )
+
+
+def _bar(progress: bool, total: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="tok", desc=desc, disable=not progress, file=sys.stderr,
+                dynamic_ncols=True, delay=0.5)  # fmt: skip
+
+
+# --------------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    from h2osim.model import add_model_arguments, add_text_arguments
+
+    online = [name for name in policy_names(online=True) if name != "full"]
+    parser = argparse.ArgumentParser(
+        prog="python -m h2osim.live",
+        description="Live (closed-loop) KV-cache eviction inside the real model: the policies "
+        "evict from the model's own cache while it runs. Teacher forcing (default) reports "
+        "perplexity, KL and top-1 agreement against the full cache; --generate N prints "
+        "each policy's greedy continuation beside the full cache's.",
+        epilog="Examples:  python -m h2osim.live --policy h2o --policy sink --budget 0.25 "
+        "--pydoc-topic for --truncate 512  |  python -m h2osim.live --policy all --budget 0.2 "
+        "--json live.json  |  python -m h2osim.live --generate 40 --chat --prompt 'What is a "
+        "Python generator?' --policy h2o --policy window --budget 0.3",
+    )
+    parser.add_argument("--policy", action="append", metavar="NAME",
+                        help=f"policy to run live, repeatable, or 'all' (default: h2o). Online "
+                             f"policies only: {', '.join(online)}")  # fmt: skip
+    parser.add_argument("--budget", default="0.2",
+                        help="tokens per cache unit (layer, KV head): a fraction in (0, 1] of "
+                             "the sequence (or prompt), or a count > 1 (default 0.2)")  # fmt: skip
+    parser.add_argument("--budget-of", choices=BUDGET_BASES, default="sequence",
+                        help="what a fractional budget is a fraction of (default: the sequence, "
+                             "n = text tokens, or prompt + new tokens with --generate)")  # fmt: skip
+    parser.add_argument("--generate", type=int, metavar="N",
+                        help="generate N tokens greedily after the text instead of teacher forcing")  # fmt: skip
+    parser.add_argument("--ignore-eos", action="store_true",
+                        help="--generate: show continuations past an end-of-sequence token")  # fmt: skip
+    parser.add_argument("--prompt-length", type=int, default=0, metavar="P",
+                        help="teacher forcing: treat the first P tokens as the prompt (for "
+                             "--prompt-mode full and --budget-of prompt; default 0)")  # fmt: skip
+    parser.add_argument("--prompt-mode", choices=PROMPT_MODES, default="stream",
+                        help="stream (default): evict from token k on; full: the prompt is attended "
+                             "in full and compressed after prefill")  # fmt: skip
+    parser.add_argument("--aggregation", choices=LIVE_AGGREGATIONS, default="sum",
+                        help="how a KV head's query heads combine their scores (default sum)")  # fmt: skip
+    parser.add_argument("--prefill-chunk", type=int, default=DEFAULT_PREFILL_CHUNK, metavar="N",
+                        help=f"rows per forward pass before eviction starts (default {DEFAULT_PREFILL_CHUNK})")  # fmt: skip
+    parser.add_argument("--batch", type=int, default=0, metavar="N",
+                        help="most policies per forward pass (default 0: all that share a budget)")  # fmt: skip
+    parser.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS, metavar="N",
+                        help=f"refuse sequences longer than N tokens (default {DEFAULT_MAX_TOKENS})")  # fmt: skip
+    parser.add_argument(
+        "--json", metavar="PATH", help="write results as JSON to PATH ('-' for stdout)"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_text_arguments(parser)
+    add_model_arguments(parser)
+    group = parser.add_argument_group(
+        "policy parameters (each applies to the policies that have it)"
+    )
+    for name, spec in sorted(all_parameters().items()):
+        kind = (
+            spec.type
+            if isinstance(spec.type, type)
+            else {"int": int, "float": float, "str": str}[str(spec.type)]
+        )
+        group.add_argument("--" + name.replace("_", "-"), type=kind, default=None, dest=name,
+                           help=f"{spec.metadata.get('help', '')} (default {spec.default})")  # fmt: skip
+    return parser
+
+
+def selected_policies(requested: Sequence[str] | None, params: dict[str, Any]) -> list[Policy]:
+    """Policies named on the command line ('all' = every online policy but ``full``)."""
+    names: list[str] = []
+    for entry in requested or ["h2o"]:
+        for name in entry.split(","):
+            name = name.strip()
+            if name == "all":
+                chosen = [p for p in policy_names(online=True) if p != "full"]
+            else:
+                policy_class(name)  # unknown names -> ValueError listing the choices
+                chosen = [name]
+            names += [p for p in chosen if p not in names]
+    policies = [make_policy(name, **params) for name in names]
+    for policy in policies:
+        check_live_policy(policy)
+    return policies
+
+
+TEACHER_COLUMNS = (
+    ("policy", "policy", "s"), ("budget", "k", "d"), ("perplexity", "ppl", ".2f"),
+    ("perplexity_gap", "ppl gap", "+.2f"), ("kl", "KL", ".4f"), ("top1", "top-1", ".3f"),
+    ("perplexity_evicted", "ppl(evicted)", ".2f"), ("kv_fraction", "KV", ".3f"),
+    ("decode_ms_per_step", "ms/step", ".1f"), ("policy_ms_per_step", "policy ms", ".1f"),
+)  # fmt: skip
+GENERATE_COLUMNS = (
+    ("policy", "policy", "s"), ("budget", "k", "d"), ("agree_prefix", "same first", "d"),
+    ("agree_rate", "same", ".3f"), ("kv_fraction", "KV", ".3f"),
+    ("decode_ms_per_step", "ms/step", ".1f"),
+)  # fmt: skip
+
+
+def run(args: argparse.Namespace, command: str = "") -> int:
+    from h2osim.model import (
+        encode_text,
+        library_versions,
+        load_model_from_args,
+        resolve_device,
+        text_source_from_args,
+    )
+
+    # cheap checks first: loading the model takes seconds
+    config = LiveConfig(aggregation=args.aggregation, prompt_mode=args.prompt_mode,
+                        prefill_chunk=args.prefill_chunk, batch=args.batch)  # fmt: skip
+    params = {name: getattr(args, name) for name in all_parameters()}
+    policies = selected_policies(args.policy, params)
+    resolve_budget(args.budget, 1, 1)  # syntax: a fraction in (0, 1] or a whole count
+    if args.generate is not None and args.generate < 1:
+        raise ValueError(f"--generate needs at least 1 new token, got {args.generate}")
+    if args.max_tokens < 2:
+        raise ValueError(f"--max-tokens must be >= 2, got {args.max_tokens}")
+    if args.generate is not None and args.prompt_length:
+        raise ValueError(
+            "--prompt-length is for teacher forcing; with --generate the text is the prompt"
+        )
+    text = text_source_from_args(args)
+    resolve_device(args.device)
+    progress = not args.no_progress
+    model, tokenizer, info = load_model_from_args(args, progress=progress)
+    ids = encode_text(
+        tokenizer, text.text, chat=args.chat, system=args.system, truncate=args.truncate
+    )
+    total = len(ids) + (args.generate or 0)
+    if total > args.max_tokens:
+        raise ValueError(f"the sequence is {total} tokens, over --max-tokens {args.max_tokens}; "
+                         "keep the first N tokens with --truncate N or raise --max-tokens")  # fmt: skip
+    if progress:
+        print(f"{info.describe()}; {len(ids)} text tokens", file=sys.stderr)
+    if args.generate is None:
+        report = teacher_forced(model, ids, policies, args.budget, budget_of=args.budget_of,
+                                prompt_length=args.prompt_length, config=config, progress=progress)  # fmt: skip
+        reference_ppl = report.reference.summary["perplexity"]
+        records = report.records()
+        for record in records:
+            record["perplexity_gap"] = record["perplexity"] - reference_ppl
+        print(f"teacher forcing, n = {len(ids)} tokens ({text.kind} {text.name}); "
+              f"full-cache perplexity {reference_ppl:.3f}")  # fmt: skip
+        print(format_table(records, TEACHER_COLUMNS))
+        print("ppl(evicted): rows served over a compressed cache only; KV: bytes vs the full cache; "
+              "ms/step: one batched step of all policies sharing a budget")  # fmt: skip
+    else:
+        report = generate(model, ids, policies, args.budget, max_new_tokens=args.generate,
+                          budget_of=args.budget_of, config=config, progress=progress)  # fmt: skip
+        records = report.records()
+        print(f"greedy generation, prompt {len(ids)} tokens + {args.generate} new")
+        print(format_table(records, GENERATE_COLUMNS))
+        from h2osim.dump import stop_tokens
+
+        stops = set() if args.ignore_eos else set(stop_tokens(model, tokenizer))
+        for result in [report.reference, *report.results]:
+            new = [int(token) for token in result.token_ids[len(ids) :]]
+            cut = next((i + 1 for i, token in enumerate(new) if token in stops), len(new))
+            continuation = " ".join(tokenizer.decode(new[:cut]).split())
+            print(f"\n[{result.policy} k={result.budget}] {continuation}")
+            result.summary["continuation"] = tokenizer.decode(new[:cut])
+        records = report.records()
+    if args.json:
+        payload = {
+            "command": command, "mode": report.mode, "text": text.metadata(), "n": total,
+            "model": info.metadata(), "library_versions": library_versions(),
+            "config": dataclasses.asdict(config), "budget": args.budget,
+            "budget_of": args.budget_of, "results": records,
+        }  # fmt: skip
+        _write_json(args.json, payload)
+    return 0
+
+
+def _write_json(target: str, payload: dict[str, Any]) -> None:
+    text = json.dumps(payload, indent=2, default=_json_default)
+    if target == "-":
+        sys.stdout.write(text + "\n")
+        return
+    from h2osim.files import write_text
+
+    write_text(target, text + "\n")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; user errors print one line to stderr and exit 2."""
+    from h2osim.cli import run_cli
+
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    try:
+        import h2osim.model  # noqa: F401  (torch + transformers)
+    except ImportError as exc:
+        print(f"python -m h2osim.live: error: the model stack is not installed ({exc}); "
+              "run `make setup` (or pip install -e '.[model]')", file=sys.stderr)  # fmt: skip
+        return 2
+    command = "python -m h2osim.live " + shlex.join(arguments)
+    return run_cli(build_parser, lambda args: run(args, command), arguments)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
