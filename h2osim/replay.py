@@ -128,6 +128,20 @@ class UnitLayout:
             return self.trace.head_matrix(layer, head)
         return self.trace.unit_matrix(layer, head, self.config.aggregation)
 
+    def weights(self, unit: int) -> np.ndarray:
+        """The unit's ``(n, n)`` float64 metric weights (for oracles): entry [t, j] is what
+        keeping token j while row t is served adds to its retained mass at step t - each
+        query head's row as a share of its total, averaged over the unit's heads. Unlike
+        :meth:`matrix` this is exact for every aggregation (max included)."""
+        layer, head = self.labels[unit]
+        heads = [head] if self.per_head else np.flatnonzero(self.trace.head_map == head)
+        weights = np.zeros((self.trace.n, self.trace.n))
+        for query_head in heads:
+            rows = self.trace.head_matrix(layer, int(query_head)).astype(np.float64)
+            row_total = rows.sum(axis=1, keepdims=True)  # (n, 1), 1 up to storage rounding
+            weights += rows / np.where(row_total > 0, row_total, 1.0)
+        return weights / len(heads)
+
 
 @dataclass
 class ReplayResult:
@@ -188,6 +202,7 @@ def replay(
     context = ReplayContext(
         units=layout.units, n=n, budget=budget_tokens, prompt_length=prompt,
         unit_labels=layout.labels, unit_matrix=None if policy.online else layout.matrix,
+        unit_weights=None if policy.online else layout.weights, prompt_mode=config.prompt_mode,
     )  # fmt: skip
     started = time.perf_counter()
     policy.reset(context)

@@ -40,6 +40,12 @@ class ReplayContext:
     # Offline policies only: the unit's full (n, n) lower-triangular attention, already
     # aggregated over the unit's query heads as the engine does. None for online policies.
     unit_matrix: Callable[[int], np.ndarray] | None = None
+    # Offline policies only: the unit's (n, n) metric weights - entry [t, j] is exactly what
+    # keeping token j while row t is served adds to the unit's retained-mass metric at step
+    # t (each query head's row as a share of its total, averaged over the unit's heads),
+    # whatever the aggregation. Oracles maximising retained mass optimise these.
+    unit_weights: Callable[[int], np.ndarray] | None = None
+    prompt_mode: str = "stream"  # the replay's prompt mode, after any policy override
 
 
 class Policy:
