@@ -105,11 +105,8 @@ class _RowStore:
 
         if attentions is None:
             raise _no_weights("the forward pass returned no attentions")
-        lengths = np.arange(start + 1, stop + 1)  # row t holds t+1 entries
-        block_rows = np.repeat(np.arange(stop - start), lengths)
-        block_cols = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
         begin, end = row_start(start), row_start(stop)
-        index_cache: dict[Any, tuple[Any, Any]] = {}
+        chosen = []
         for layer in self.layers:
             weights = attentions[layer] if layer < len(attentions) else None
             if weights is None:
@@ -121,6 +118,17 @@ class _RowStore:
                     f"{start}..{stop - 1}, expected {want}: a sliding-window or otherwise "
                     "limited cache cannot be traced; choose full-attention layers with --layers"
                 )
+            chosen.append(weights)
+        if stop - start == 1:  # one decode row per layer: one stacked copy (one GPU sync)
+            decode_rows = torch.stack([w[0, :, 0] for w in chosen]).float().cpu().numpy()
+            for layer, layer_rows in zip(self.layers, decode_rows, strict=True):
+                self.packed[layer][:, begin:end] = layer_rows  # (H, t+1)
+            return
+        lengths = np.arange(start + 1, stop + 1)  # row t holds t+1 entries
+        block_rows = np.repeat(np.arange(stop - start), lengths)
+        block_cols = np.arange(end - begin) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        index_cache: dict[Any, tuple[Any, Any]] = {}  # device -> (rows, cols) of the block
+        for layer, weights in zip(self.layers, chosen, strict=True):
             if weights.device not in index_cache:
                 index_cache[weights.device] = (
                     torch.as_tensor(block_rows, device=weights.device),
@@ -410,7 +418,8 @@ def run(args: argparse.Namespace, command: str = "") -> int:
     trace.save(target, encoding=args.encoding, levels=args.levels,
                compress=not args.uncompressed, values_dtype=args.values_dtype)  # fmt: skip
     size_mb = target.stat().st_size / 1e6
-    print(f"wrote {target} ({size_mb:.1f} MB): {trace.describe()}")
+    written = Trace.load(target, validate=False)  # reads the header: says what is on disk
+    print(f"wrote {target} ({size_mb:.1f} MB): {written.describe()}")
     print(f"prefill {recording.prompt_length} tokens in {recording.prefill_seconds:.1f} s, "
           f"decode {recording.decode_steps} tokens in {recording.decode_seconds:.1f} s"
           f"{' (stopped at end of sequence)' if recording.stopped_at_eos else ''}")  # fmt: skip
