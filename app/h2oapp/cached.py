@@ -3,7 +3,7 @@
 A trace is named by its :data:`TraceKey` ``(path, mtime_ns, size)``, so a file that
 changes on disk is reloaded. The loaded :class:`~h2osim.trace.Trace` (it holds an open
 zip file) lives in ``st.cache_resource``, shared read-only by all sessions; everything
-derived from it (replays, statistics, rendered PNGs) is plain data in ``st.cache_data``,
+derived from it (replays, statistics, chart specs) is plain data in ``st.cache_data``,
 keyed on the trace key, the policy name, its parameters and the replay options.
 
 Shipped traces are the ``*.npz`` files in ``traces/`` (or in ``$H2OSIM_TRACE_DIR``),
@@ -87,13 +87,13 @@ def head_summary(key: TraceKey, layer: int, head: int, per_row: bool) -> dict[st
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
-def heatmap_png(key: TraceKey, layer: int, head: int, log_scale: bool) -> bytes:
+def heatmap_spec(key: TraceKey, layer: int, head: int, log_scale: bool) -> figures.Spec:
+    """The Vega-Lite spec of one head's attention heatmap (its PNG inside)."""
     trace = load_trace(key)
     title = f"layer {layer}, query head {head} (KV head {trace.head_map[head]})"
-    figure = figures.attention_heatmap(
+    return figures.attention_heatmap(
         trace.head_matrix(layer, head), trace.prompt_length, log_scale=log_scale, title=title
     )
-    return figures.png(figure)
 
 
 @st.cache_data(max_entries=64, show_spinner=False)

@@ -1,28 +1,34 @@
 """Charts and HTML snippets of the app: pure functions of arrays, no Streamlit calls.
 
-Line, scatter and strip charts are Vega-Lite (Altair): the server only builds a small
-spec, the browser draws it, and hovering a point shows the token it stands for. The
-attention heatmap has too many cells for that and is a matplotlib image instead: a bare
-``Figure`` (no pyplot, whose global state is not thread-safe under Streamlit's session
-threads) with fixed margins, rendered to PNG by :func:`png` so pages can cache it.
+Every chart is a plain Vega-Lite spec (a dict) for ``st.vega_lite_chart``: the server
+only builds a small dict, the browser draws it, and hovering a point shows the token it
+stands for. The specs are written out by hand rather than through Altair because
+Altair's validation and data conversion cost ~0.2 s per chart, too slow to animate.
+Data sits in the spec's top-level ``datasets`` (Streamlit ships them as Arrow).
+
+The attention heatmap has too many cells for one mark per cell: it is a PNG (drawn with
+matplotlib's colour map, encoded by Pillow) shown by an ``image`` mark that fills the
+plot, so it still gets Vega-Lite axes and a colour legend.
 """
 
 from __future__ import annotations
 
+import base64
 import html
 import io
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import altair as alt
+import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.colors import LogNorm, Normalize
-from matplotlib.figure import Figure
-from matplotlib.ticker import LogLocator, MaxNLocator
+from PIL import Image
 
 from h2oapp.analysis import EVICTED, EVICTED_NOW, FUTURE, HEAVY, RECENT, STATE_NAMES
 from h2osim.plots import log_colour_limits
+
+Spec = dict[str, Any]
 
 STATE_COLOURS = {
     FUTURE: "#eeeeee",
@@ -31,227 +37,278 @@ STATE_COLOURS = {
     RECENT: "#4c8fd6",
     HEAVY: "#f28e2b",
 }
-POLICY_COLOURS = ("#1b9e77", "#7b3294", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666")
+POLICY_COLOURS = ("#1b9e77", "#7b3294", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666",
+                  "#1f78b4", "#b2df8a", "#fb9a99", "#cab2d6", "#ff7f00")  # fmt: skip
+MAX_HEATMAP_PIXELS = 640  # longer traces are max-pooled so one-token stripes stay visible
 
 
-def png(figure: Figure, dpi: int = 100) -> bytes:
-    """Render a matplotlib ``figure`` to PNG bytes."""
+def _q(field: str, title: str | None = None, **extra: Any) -> dict[str, Any]:
+    """A quantitative encoding channel. Example: _q("step") -> {"field": "step", "type": ...}."""
+    channel = {"field": field, "type": "quantitative", **extra}
+    if title is not None:
+        channel["title"] = title
+    return channel
+
+
+def _n(field: str, **extra: Any) -> dict[str, Any]:
+    return {"field": field, "type": "nominal", **extra}
+
+
+def _policy_colour(policies: Sequence[str]) -> dict[str, Any]:
+    """The same policy gets the same colour in every chart of a page."""
+    palette = [POLICY_COLOURS[i % len(POLICY_COLOURS)] for i in range(len(policies))]
+    return _n("policy", scale={"domain": list(policies), "range": palette},
+              legend={"orient": "bottom", "title": None})  # fmt: skip
+
+
+def _token_labels(tokens: Sequence[str]) -> list[str]:
+    return [repr(piece) for piece in tokens]
+
+
+# ----------------------------------------------------------------- trace explorer
+def heatmap_png(matrix: np.ndarray, low: float, high: float, log_scale: bool) -> bytes:
+    """The lower triangle coloured with matplotlib's "magma", white above it, as PNG bytes.
+
+    Rows/columns beyond :data:`MAX_HEATMAP_PIXELS` are max-pooled in blocks.
+    """
+    n = matrix.shape[0]
+    block = -(-n // MAX_HEATMAP_PIXELS)  # ceil
+    causal = np.tri(n, dtype=bool)
+    shown = np.where(causal, matrix, 0.0)
+    if block > 1:
+        padded = -(-n // block) * block
+        shown = np.pad(shown, ((0, padded - n), (0, padded - n)))
+        shown = shown.reshape(padded // block, block, padded // block, block).max(axis=(1, 3))
+        causal = np.tri(shown.shape[0], dtype=bool)
+    norm = LogNorm(vmin=low, vmax=high) if log_scale else Normalize(vmin=low, vmax=high)
+    rgb = matplotlib.colormaps["magma"](norm(np.clip(shown, low, high)), bytes=True)[..., :3]
+    rgb[~causal] = 255
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=dpi)
+    Image.fromarray(np.ascontiguousarray(rgb)).save(buffer, format="png", compress_level=1)
     return buffer.getvalue()
 
 
 def attention_heatmap(
     matrix: np.ndarray, prompt_length: int, *, log_scale: bool = True, title: str = ""
-) -> Figure:
+) -> Spec:
     """The causal ``(n, n)`` attention matrix: query step t down, key position j across.
 
     The upper triangle (future keys) is blank. Heavy hitters show as bright vertical
     stripes: keys that many later queries attend to.
     """
     n = matrix.shape[0]
-    causal = np.tri(n, dtype=bool)
+    causal_values = matrix[np.tri(n, dtype=bool)]
     if log_scale:
-        low, high = log_colour_limits(matrix[causal])
-        shown = np.where(causal, np.clip(matrix, low, high), np.nan)  # (n, n)
-        norm: Normalize = LogNorm(vmin=low, vmax=high)
+        low, high = log_colour_limits(causal_values)
     else:
-        shown = np.where(causal, matrix, np.nan)
-        norm = Normalize(vmin=0.0, vmax=float(matrix[causal].max()))
-    width, height = 6.2, 5.0
-    figure = Figure(figsize=(width, height))
-    axis = figure.add_axes((0.6 / width, 0.5 / height, 1 - 1.75 / width, 1 - 0.85 / height))
-    image = axis.imshow(shown, cmap="magma", norm=norm, aspect="auto",
-                        interpolation="nearest" if n <= 512 else "antialiased")  # fmt: skip
+        low, high = 0.0, float(causal_values.max())
+    url = (
+        "data:image/png;base64,"
+        + base64.b64encode(heatmap_png(matrix, low, high, log_scale)).decode()
+    )
+    axis_x = _q("x", "key position j (token attended to)", scale={"domain": [0, n], "nice": False})
+    axis_y = _q("y", "query step t", scale={"domain": [0, n], "nice": False, "reverse": True})
+    layers: list[Spec] = [
+        {
+            "data": {"name": "image"},
+            "mark": {"type": "image", "width": {"expr": "width"}, "height": {"expr": "height"},
+                     "align": "left", "baseline": "top", "aspect": False, "smooth": False},
+            "encoding": {"x": axis_x, "y": axis_y, "url": _n("url")},
+        },
+        {  # invisible points that only carry the colour scale, for its legend
+            "data": {"name": "legend"},
+            "mark": {"type": "point", "opacity": 0},
+            "encoding": {
+                "x": _q("x"), "y": _q("y"),
+                "color": _q("p", "attention" + (" (log)" if log_scale else ""), scale={
+                    "type": "log" if log_scale else "linear", "domain": [low, high], "scheme": "magma"}),
+            },
+        },
+    ]  # fmt: skip
+    datasets = {
+        "image": [{"x": 0, "y": 0, "url": url}],
+        "legend": [{"x": 0, "y": 0, "p": low}, {"x": 0, "y": 0, "p": high}],
+    }
     if prompt_length < n:
-        axis.axhline(prompt_length - 0.5, color="#33a0ff", lw=1, ls="--")
-        axis.text(1, prompt_length - 1.5, "end of prompt", color="#33a0ff", fontsize=8)
-    axis.xaxis.set_major_locator(MaxNLocator(6, integer=True))
-    axis.yaxis.set_major_locator(MaxNLocator(6, integer=True))
-    axis.set_xlabel("key position j (token attended to)")
-    axis.set_ylabel("query step t")
-    axis.set_title(title, fontsize=10)
-    colour_axis = figure.add_axes((1 - 0.95 / width, 0.5 / height, 0.16 / width, 1 - 0.85 / height))
-    colour_bar = figure.colorbar(image, cax=colour_axis)
-    colour_bar.set_label("attention probability" + (" (log scale)" if log_scale else ""))
-    if log_scale:
-        colour_axis.yaxis.set_major_locator(LogLocator(numticks=6))
-    colour_axis.minorticks_off()
-    return figure
+        datasets["prompt"] = [{"y": prompt_length, "label": "end of prompt"}]
+        layers.append({
+            "data": {"name": "prompt"},
+            "mark": {"type": "rule", "color": "#33a0ff", "strokeDash": [4, 3]},
+            "encoding": {"y": _q("y"), "tooltip": [_n("label")]},
+        })  # fmt: skip
+    return {"title": title, "height": 440, "datasets": datasets, "layer": layers}
 
 
 def power_law_chart(
     scores: np.ndarray, tokens: Sequence[str], slope: float, intercept: float
-) -> alt.LayerChart:
+) -> Spec:
     """Accumulated attention sorted high to low against rank, both axes logarithmic."""
     order = np.argsort(-scores, kind="stable")
     order = order[scores[order] > 0]
-    data = pd.DataFrame({
-        "rank": np.arange(1, order.size + 1),
-        "score": scores[order],
-        "position": order,
-        "token": [repr(tokens[position]) for position in order],
+    labels = _token_labels(tokens)
+    points = pd.DataFrame({
+        "rank": np.arange(1, order.size + 1), "score": scores[order], "position": order,
+        "token": [labels[position] for position in order],
     })  # fmt: skip
     top = max(2, order.size // 2)
-    fit = pd.DataFrame({"rank": [1, top], "score": [10**intercept, 10**intercept * top**slope]})
-    x = alt.X("rank:Q", scale=alt.Scale(type="log"), title="rank (by accumulated attention)")
-    y = alt.Y("score:Q", scale=alt.Scale(type="log"), title="accumulated attention")
-    points = (
-        alt.Chart(data)
-        .mark_circle(size=22, color="#f28e2b")
-        .encode(x, y, tooltip=["rank", "token", "position", alt.Tooltip("score", format=".4g")])
-    )
-    line = alt.Chart(fit).mark_line(color="black", strokeDash=[4, 3]).encode(x, y)
-    return (points + line).properties(
-        height=300, title=f"power law? fitted slope {slope:.2f} (dashed line)"
-    )
+    fit = [{"rank": 1, "score": 10**intercept}, {"rank": top, "score": 10**intercept * top**slope}]
+    x = _q("rank", "rank (by accumulated attention)", scale={"type": "log"})
+    y = _q("score", "accumulated attention", scale={"type": "log"})
+    tooltip = [_q("rank"), _n("token"), _q("position"), _q("score", format=".4g")]
+    return {
+        "title": f"power law? fitted slope {slope:.2f} (dashed line)",
+        "height": 300,
+        "datasets": {"points": points, "fit": fit},
+        "layer": [
+            {"data": {"name": "points"}, "mark": {"type": "circle", "size": 22, "color": "#f28e2b"},
+             "encoding": {"x": x, "y": y, "tooltip": tooltip}},
+            {"data": {"name": "fit"}, "mark": {"type": "line", "color": "black", "strokeDash": [4, 3]},
+             "encoding": {"x": x, "y": y}},
+        ],
+    }  # fmt: skip
 
 
-def sink_chart(first_token: np.ndarray, prompt_length: int) -> alt.LayerChart:
+def _prompt_rule(prompt_length: int, n: int) -> tuple[dict[str, Any], list[Spec]]:
+    """A dashed vertical rule at the end of the prompt (nothing when all rows are prompt)."""
+    if prompt_length >= n:
+        return {}, []
+    layer = {"data": {"name": "prompt"}, "mark": {"type": "rule", "color": "grey", "strokeDash": [4, 3]},
+             "encoding": {"x": _q("step"), "tooltip": [_n("label")]}}  # fmt: skip
+    return {"prompt": [{"step": prompt_length - 0.5, "label": "end of prompt"}]}, [layer]
+
+
+def sink_chart(first_token: np.ndarray, prompt_length: int) -> Spec:
     """Attention each query step t gives to token 0, ``first_token[t]`` (the attention sink)."""
     n = first_token.size
     data = pd.DataFrame({"step": np.arange(n), "attention on token 0": first_token})
-    line = (
-        alt.Chart(data)
-        .mark_line(color="#4c8fd6")
-        .encode(
-            alt.X("step:Q", title="query step t"),
-            alt.Y("attention on token 0:Q", scale=alt.Scale(domain=[0, 1])),
-            tooltip=["step", alt.Tooltip("attention on token 0", format=".3f")],
-        )
-    )
-    return (line + _prompt_rule(prompt_length, n)).properties(
-        height=300, title="attention sink: how much each row gives the first token"
-    )
+    prompt_data, prompt_layers = _prompt_rule(prompt_length, n)
+    line = {
+        "data": {"name": "sink"},
+        "mark": {"type": "line", "color": "#4c8fd6"},
+        "encoding": {
+            "x": _q("step", "query step t"),
+            "y": _q("attention on token 0", scale={"domain": [0, 1]}),
+            "tooltip": [_q("step"), _q("attention on token 0", format=".3f")],
+        },
+    }
+    return {"title": "attention sink: how much each row gives the first token", "height": 300,
+            "datasets": {"sink": data, **prompt_data}, "layer": [line, *prompt_layers]}  # fmt: skip
 
 
-def _prompt_rule(prompt_length: int, n: int, field: str = "step") -> alt.Chart:
-    """A dashed vertical rule at the end of the prompt (nothing when all rows are prompt)."""
-    rows = [{field: prompt_length - 0.5, "label": "end of prompt"}] if prompt_length < n else []
-    return (
-        alt.Chart(pd.DataFrame(rows, columns=[field, "label"]))
-        .mark_rule(color="grey", strokeDash=[4, 3])
-        .encode(alt.X(f"{field}:Q"), tooltip=["label"])
-    )
+# ----------------------------------------------------------------- eviction dynamics
+def _segments(codes: np.ndarray) -> list[tuple[int, int, int]]:
+    """Runs of equal codes as (start, end, code), end exclusive.
+
+    Example: [3, 3, 1, 0] -> [(0, 2, 3), (2, 3, 1), (3, 4, 0)].
+    """
+    breaks = np.flatnonzero(np.diff(codes)) + 1
+    starts = np.concatenate([[0], breaks])
+    ends = np.concatenate([breaks, [codes.size]])
+    return [(int(s), int(e), int(codes[s])) for s, e in zip(starts, ends, strict=True)]
 
 
-def _step_rule(t: int, field: str = "step") -> alt.Chart:
-    return (
-        alt.Chart(pd.DataFrame({field: [t]}))
-        .mark_rule(color="black", strokeDash=[2, 2])
-        .encode(alt.X(f"{field}:Q"))
-    )
-
-
-def token_strip(states: Mapping[str, np.ndarray], tokens: Sequence[str], t: int) -> alt.Chart:
+def token_strip(states: Mapping[str, np.ndarray], t: int) -> Spec:
     """One strip per policy: every token's cache state when row t is served."""
-    frames = []
+    rows = []
     for label, codes in states.items():
-        frames.append(pd.DataFrame({
-            "policy": label,
-            "position": np.arange(codes.size),
-            "end": np.arange(codes.size) + 1,
-            "state": [STATE_NAMES[int(code)] for code in codes],
-            "token": [repr(piece) for piece in tokens],
-        }))  # fmt: skip
-    data = pd.concat(frames, ignore_index=True)
+        for start, end, code in _segments(codes):
+            tokens = f"token {start}" if end - start == 1 else f"tokens {start}-{end - 1}"
+            rows.append({"policy": label, "start": start, "end": end,
+                         "state": STATE_NAMES[code], "tokens": tokens})  # fmt: skip
+    n = int(next(iter(states.values())).size)
     codes = sorted(STATE_COLOURS)
-    colour = alt.Color(
-        "state:N",
-        scale=alt.Scale(
-            domain=[STATE_NAMES[c] for c in codes], range=[STATE_COLOURS[c] for c in codes]
-        ),
-        legend=alt.Legend(orient="top", title=None, columns=5, labelLimit=260),
-    )
-    strip = (
-        alt.Chart(data)
-        .mark_rect(strokeWidth=0)
-        .encode(
-            alt.X("position:Q", title=f"token position (the black line is step t = {t})",
-                  scale=alt.Scale(domain=[0, int(data["end"].max())], nice=False)),
-            alt.X2("end:Q"),
-            alt.Y("policy:N", title=None, sort=list(states)),
-            colour,
-            tooltip=["policy", "position", "token", "state"],
-        )
-    )  # fmt: skip
-    marker = (
-        alt.Chart(pd.DataFrame({"position": [t + 1]}))
-        .mark_rule(color="black", strokeWidth=1.5)
-        .encode(alt.X("position:Q"))
-    )
-    return (strip + marker).properties(height=alt.Step(26))
+    colour = _n("state", scale={"domain": [STATE_NAMES[c] for c in codes],
+                                "range": [STATE_COLOURS[c] for c in codes]},
+                legend={"orient": "top", "title": None, "columns": 5, "labelLimit": 300})  # fmt: skip
+    return {
+        "height": {"step": 26},
+        "datasets": {"segments": rows, "now": [{"x": t + 1}]},
+        "layer": [
+            {"data": {"name": "segments"}, "mark": {"type": "rect", "strokeWidth": 0},
+             "encoding": {
+                 "x": _q("start", f"token position (the black line is step t = {t})",
+                         scale={"domain": [0, n], "nice": False}),
+                 "x2": {"field": "end"},
+                 "y": _n("policy", title=None, sort=list(states)),
+                 "color": colour,
+                 "tooltip": [_n("policy"), _n("tokens"), _n("state")],
+             }},
+            {"data": {"name": "now"}, "mark": {"type": "rule", "color": "black", "strokeWidth": 1.5},
+             "encoding": {"x": _q("x")}},
+        ],
+    }  # fmt: skip
 
 
 def retained_mass_chart(
     curves: Mapping[str, np.ndarray], t: int, prompt_length: int, title: str
-) -> alt.LayerChart:
+) -> Spec:
     """Retained attention mass of every row, one line per policy, a rule at step t."""
-    frames = [pd.DataFrame({"step": np.arange(curve.size), "retained mass": curve, "policy": label})
-              for label, curve in curves.items()]  # fmt: skip
-    data = pd.concat(frames, ignore_index=True)
-    lines = (
-        alt.Chart(data)
-        .mark_line(strokeWidth=1.3)
-        .encode(
-            alt.X("step:Q", title="step t"),
-            alt.Y("retained mass:Q", scale=alt.Scale(domain=[0, 1])),
-            _policy_colour(list(curves)),
-            tooltip=["policy", "step", alt.Tooltip("retained mass", format=".3f")],
-        )
-    )
+    data = pd.concat(
+        [pd.DataFrame({"step": np.arange(c.size), "retained mass": c, "policy": label})
+         for label, c in curves.items()], ignore_index=True,
+    )  # fmt: skip
     n = int(data["step"].max()) + 1
-    return (lines + _prompt_rule(prompt_length, n) + _step_rule(t)).properties(
-        height=300, title=title
-    )
+    prompt_data, prompt_layers = _prompt_rule(prompt_length, n)
+    return {
+        "title": title,
+        "height": 300,
+        "datasets": {"mass": data, "now": [{"step": t}], **prompt_data},
+        "layer": [
+            {"data": {"name": "mass"}, "mark": {"type": "line", "strokeWidth": 1.3},
+             "encoding": {"x": _q("step", "step t"),
+                          "y": _q("retained mass", scale={"domain": [0, 1]}),
+                          "color": _policy_colour(list(curves)),
+                          "tooltip": [_n("policy"), _q("step"), _q("retained mass", format=".3f")]}},
+            *prompt_layers,
+            {"data": {"name": "now"}, "mark": {"type": "rule", "color": "black", "strokeDash": [2, 2]},
+             "encoding": {"x": _q("step")}},
+        ],
+    }  # fmt: skip
 
 
 def eviction_times_chart(
     evicted_at: Mapping[str, np.ndarray], tokens: Sequence[str], t: int
-) -> alt.LayerChart:
+) -> Spec:
     """When each token left the cache: token position across, eviction step up.
 
     Tokens never evicted sit on the top line (step n). The grey diagonal is the arrival
     of each token; at step t (dotted line) the cache holds the tokens left of t whose
     points lie above the dotted line.
     """
+    labels = _token_labels(tokens)
     frames = []
     for label, left in evicted_at.items():
         n = left.size
         frames.append(pd.DataFrame({
-            "position": np.arange(n),
-            "evicted at step": np.where(left < 0, n, left),
-            "policy": label,
-            "token": [repr(piece) for piece in tokens],
+            "position": np.arange(n), "evicted at step": np.where(left < 0, n, left),
+            "policy": label, "token": labels,
             "fate": np.where(left < 0, "never evicted", "evicted"),
         }))  # fmt: skip
     data = pd.concat(frames, ignore_index=True)
     n = int(data["position"].max()) + 1
-    points = (
-        alt.Chart(data)
-        .mark_point(size=14, filled=True, opacity=0.75)
-        .encode(
-            alt.X("position:Q", title="token position j", scale=alt.Scale(domain=[0, n])),
-            alt.Y("evicted at step:Q", title="step it was evicted (top row: never)",
-                  scale=alt.Scale(domain=[0, n + 2])),
-            _policy_colour(list(evicted_at)),
-            alt.Shape("policy:N", sort=list(evicted_at), legend=None),
-            tooltip=["policy", "position", "token", "evicted at step", "fate"],
-        )
-    )  # fmt: skip
-    arrival = (
-        alt.Chart(pd.DataFrame({"position": [0, n - 1], "evicted at step": [0, n - 1]}))
-        .mark_line(color="#bbbbbb")
-        .encode(alt.X("position:Q"), alt.Y("evicted at step:Q"))
-    )
-    now = (
-        alt.Chart(pd.DataFrame({"evicted at step": [t]}))
-        .mark_rule(color="black", strokeDash=[2, 2])
-        .encode(alt.Y("evicted at step:Q"))
-    )
-    return (arrival + points + now).properties(height=300, title="when each token left the cache")
+    return {
+        "title": "when each token left the cache",
+        "height": 300,
+        "datasets": {"evicted": data, "now": [{"y": t}],
+                     "arrival": [{"x": 0, "y": 0}, {"x": n - 1, "y": n - 1}]},
+        "layer": [
+            {"data": {"name": "arrival"}, "mark": {"type": "line", "color": "#bbbbbb"},
+             "encoding": {"x": _q("x"), "y": _q("y")}},
+            {"data": {"name": "evicted"}, "mark": {"type": "point", "size": 14, "filled": True, "opacity": 0.75},
+             "encoding": {
+                 "x": _q("position", "token position j", scale={"domain": [0, n]}),
+                 "y": _q("evicted at step", "step it was evicted (top row: never)", scale={"domain": [0, n + 2]}),
+                 "color": _policy_colour(list(evicted_at)),
+                 "shape": _n("policy", sort=list(evicted_at), legend=None),
+                 "tooltip": [_n("policy"), _q("position"), _n("token"), _q("evicted at step"), _n("fate")],
+             }},
+            {"data": {"name": "now"}, "mark": {"type": "rule", "color": "black", "strokeDash": [2, 2]},
+             "encoding": {"y": _q("y")}},
+        ],
+    }  # fmt: skip
 
 
+# ----------------------------------------------------------------- policy race
 def race_chart(
     records: Sequence[Mapping[str, Any]],
     metric: str,
@@ -259,59 +316,45 @@ def race_chart(
     *,
     shade: str | None = None,
     optimum: str = "opt",
-) -> alt.LayerChart:
+) -> Spec:
     """``metric`` against the budget, one line per policy; the gap ``shade`` -> ``optimum`` filled.
 
     A policy replayed at one budget only (``full``, which keeps everything) is a rule.
     """
     rows = [r for r in records if r.get(metric) is not None]
     data = pd.DataFrame({
-        "policy": [r["policy"] for r in rows],
-        "budget": [r["budget_fraction"] for r in rows],
-        "k": [r["budget"] for r in rows],
-        label: [r[metric] for r in rows],
+        "policy": [r["policy"] for r in rows], "budget": [r["budget_fraction"] for r in rows],
+        "k": [r["budget"] for r in rows], label: [r[metric] for r in rows],
     })  # fmt: skip
     policies = list(dict.fromkeys(data["policy"]))
-    counts = data.groupby("policy")["budget"].count()
-    curve_data = data[data["policy"].map(counts) > 1]
-    flat_data = data[data["policy"].map(counts) == 1]
+    counts = data.groupby("policy")["budget"].transform("count")
+    x = _q("budget", "budget (fraction of the sequence kept per cache unit)")
+    tooltip = [_n("policy"), _q("budget", format=".2f"), _q("k"), _q(label, format=".4f")]
     colour = _policy_colour(policies)
-    x = alt.X("budget:Q", title="budget (fraction of the sequence kept per cache unit)")
-    tooltip = ["policy", alt.Tooltip("budget", format=".2f"), "k", alt.Tooltip(label, format=".4f")]
-    curves = (
-        alt.Chart(curve_data)
-        .mark_line(point=True)
-        .encode(x, alt.Y(f"{label}:Q", scale=alt.Scale(zero=False)), colour, tooltip=tooltip)
-    )
-    flats = (
-        alt.Chart(flat_data)
-        .mark_rule(strokeDash=[5, 3])
-        .encode(alt.Y(f"{label}:Q"), colour, tooltip=tooltip)
-    )
-    layers = [curves, flats]
+    layers: list[Spec] = [
+        {"data": {"name": "curves"}, "mark": {"type": "line", "point": True},
+         "encoding": {"x": x, "y": _q(label, scale={"zero": False}), "color": colour, "tooltip": tooltip}},
+        {"data": {"name": "flat"}, "mark": {"type": "rule", "strokeDash": [5, 3]},
+         "encoding": {"y": _q(label), "color": colour, "tooltip": tooltip}},
+    ]  # fmt: skip
+    datasets: dict[str, Any] = {"curves": data[counts > 1], "flat": data[counts == 1]}
     if shade and shade != optimum:
-        wide = curve_data.pivot_table(index="budget", columns="policy", values=label)
+        wide = data[counts > 1].pivot_table(index="budget", columns="policy", values=label)
         if shade in wide and optimum in wide:
             gap = wide[[shade, optimum]].dropna().reset_index()
             gap.columns = ["budget", "policy value", "optimum value"]
-            layers.insert(0, alt.Chart(gap).mark_area(color="#f28e2b", opacity=0.25).encode(
-                x, alt.Y("policy value:Q"), alt.Y2("optimum value:Q"),
-                tooltip=[alt.Tooltip("budget", format=".2f"),
-                         alt.Tooltip("policy value", title=shade, format=".4f"),
-                         alt.Tooltip("optimum value", title=optimum, format=".4f")],
-            ))  # fmt: skip
-    return alt.layer(*layers).properties(height=340, title=f"{label} vs budget")
+            datasets["gap"] = gap
+            layers.insert(0, {
+                "data": {"name": "gap"}, "mark": {"type": "area", "color": "#f28e2b", "opacity": 0.25},
+                "encoding": {"x": x, "y": _q("policy value"), "y2": {"field": "optimum value"},
+                             "tooltip": [_q("budget", format=".2f"),
+                                         _q("policy value", shade, format=".4f"),
+                                         _q("optimum value", optimum, format=".4f")]},
+            })  # fmt: skip
+    return {"title": f"{label} vs budget", "height": 340, "datasets": datasets, "layer": layers}
 
 
-def _policy_colour(policies: Sequence[str]) -> alt.Color:
-    """The same policy gets the same colour in every chart of a page."""
-    palette = [POLICY_COLOURS[i % len(POLICY_COLOURS)] for i in range(len(policies))]
-    return alt.Color(
-        "policy:N", scale=alt.Scale(domain=list(policies), range=palette),
-        legend=alt.Legend(orient="bottom", title=None),
-    )  # fmt: skip
-
-
+# ----------------------------------------------------------------- text
 def _escape(piece: str) -> str:
     return html.escape(piece).replace("\n", "↵<br>")
 
@@ -351,3 +394,33 @@ def _text_box(inner: str) -> str:
         "max-height: 20rem; overflow-y: auto; border: 1px solid #ddd; border-radius: 4px; "
         f'padding: 0.5rem">{inner}</div>'
     )
+
+
+# ----------------------------------------------------------------- live lab
+def running_perplexity_chart(logprobs: Mapping[str, np.ndarray], budget: int) -> Spec:
+    """Perplexity of the text so far, ``exp(-mean log p)`` over predictions 0..t, per policy.
+
+    Lines agree until the cache first fills (step ``budget``, the rule); after that each
+    policy's evictions change what the model sees. Example: log p [-1, -3] -> [e, e^2].
+    """
+    frames = []
+    for label, values in logprobs.items():
+        running = np.exp(-np.cumsum(values) / np.arange(1, values.size + 1))
+        frames.append(
+            pd.DataFrame({"step": np.arange(values.size), "perplexity": running, "policy": label})
+        )
+    data = pd.concat(frames, ignore_index=True)
+    return {
+        "title": "perplexity of the text so far",
+        "height": 320,
+        "datasets": {"ppl": data, "full": [{"step": budget, "label": "the cache is full: eviction starts"}]},
+        "layer": [
+            {"data": {"name": "ppl"}, "mark": {"type": "line", "strokeWidth": 1.5},
+             "encoding": {"x": _q("step", "token t (predicting t + 1)"),
+                          "y": _q("perplexity", "running perplexity", scale={"type": "log"}),
+                          "color": _policy_colour(list(logprobs)),
+                          "tooltip": [_n("policy"), _q("step"), _q("perplexity", format=".2f")]}},
+            {"data": {"name": "full"}, "mark": {"type": "rule", "color": "grey", "strokeDash": [4, 3]},
+             "encoding": {"x": _q("step"), "tooltip": [_n("label")]}},
+        ],
+    }  # fmt: skip

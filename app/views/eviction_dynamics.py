@@ -154,7 +154,7 @@ def cache_view() -> None:
             st.rerun()
     t = st.slider("Step t", 0, last_step, key="dyn_step")
     states = {label: analysis.cache_states(r.evicted_at[unit], t) for label, r in results.items()}
-    st.altair_chart(figures.token_strip(states, trace.tokens, t), width="stretch")
+    st.vega_lite_chart(spec=figures.token_strip(states, t), width="stretch")
     text_columns = st.columns(2)
     for column, (label, result) in zip(text_columns, results.items(), strict=True):
         kept = int(
@@ -165,14 +165,14 @@ def cache_view() -> None:
         column.html(figures.cache_text_html(trace.tokens, states[label], t))
     chart_columns = st.columns(2)
     curves = {label: r.retained_mass[:, unit] for label, r in results.items()}
-    chart_columns[0].altair_chart(
-        figures.retained_mass_chart(curves, t, trace.prompt_length,
+    chart_columns[0].vega_lite_chart(
+        spec=figures.retained_mass_chart(curves, t, trace.prompt_length,
                                     f"retained mass of each row, {unit_name(unit_labels[unit], options)}"),
         width="stretch",
     )  # fmt: skip
     evicted = {label: r.evicted_at[unit] for label, r in results.items()}
-    chart_columns[1].altair_chart(
-        figures.eviction_times_chart(evicted, trace.tokens, t), width="stretch"
+    chart_columns[1].vega_lite_chart(
+        spec=figures.eviction_times_chart(evicted, trace.tokens, t), width="stretch"
     )
 
 

@@ -131,12 +131,14 @@ mass_metric = st.radio(
 )  # fmt: skip
 error_metric = "output_error" if output_error else "hit_rate"
 left, right = st.columns(2)
-left.altair_chart(
-    figures.race_chart(records, mass_metric, METRICS[mass_metric], shade=shade, optimum=OPTIMUM),
+left.vega_lite_chart(
+    spec=figures.race_chart(
+        records, mass_metric, METRICS[mass_metric], shade=shade, optimum=OPTIMUM
+    ),
     width="stretch",
 )
-right.altair_chart(
-    figures.race_chart(records, error_metric, METRICS[error_metric]), width="stretch"
+right.vega_lite_chart(
+    spec=figures.race_chart(records, error_metric, METRICS[error_metric]), width="stretch"
 )
 
 table = pd.DataFrame(records)

@@ -83,7 +83,7 @@ metrics[3].metric(
 
 left, right = st.columns([1.1, 1])
 with left:
-    st.image(cached.heatmap_png(key, layer, head, log_scale), width="stretch")
+    st.vega_lite_chart(spec=cached.heatmap_spec(key, layer, head, log_scale), width="stretch")
     st.caption(
         f"n = {trace.n} tokens; rows below the dashed line (if any) are decoding steps "
         f"after the {trace.prompt_length}-token prompt. Blank upper triangle: a query cannot "
@@ -96,14 +96,15 @@ with right:
     st.html(figures.weighted_tokens_html(trace.tokens, summary["weights"], summary["scores"]))
 
 left, right = st.columns(2)
-left.altair_chart(
-    figures.power_law_chart(
+left.vega_lite_chart(
+    spec=figures.power_law_chart(
         summary["scores"], trace.tokens, summary["slope"], summary["intercept"]
     ),
     width="stretch",
 )
-right.altair_chart(
-    figures.sink_chart(cached.sink_column(key, layer, head), trace.prompt_length), width="stretch"
+right.vega_lite_chart(
+    spec=figures.sink_chart(cached.sink_column(key, layer, head), trace.prompt_length),
+    width="stretch",
 )
 st.caption(
     "Left: a few tokens collect most of the attention and the rest fall off steadily; H2O "
