@@ -272,3 +272,24 @@ def test_parse_layers():
         parse_layers("0,30", 30)
     with pytest.raises(ValueError, match="comma-separated"):
         parse_layers("5-2")
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.model
+@pytest.mark.skipif(not _cuda_available(), reason="needs a CUDA GPU (runs on GPU machines only)")
+def test_cuda_rows_match_the_cpu_rows(loaded, traced):
+    """On a GPU box: the same tokens traced on CUDA give rows within 1e-3 of the CPU trace."""
+    from h2osim.dump import record
+    from h2osim.model import load_model
+
+    gpu_model, _, info = load_model(device="cuda")
+    assert info.device.startswith("cuda")
+    on_gpu = record(gpu_model, traced.token_ids[: traced.prompt_length],
+                    max_new_tokens=NEW_TOKENS, forced_tokens=traced.token_ids[traced.prompt_length:])  # fmt: skip
+    for layer in range(30):
+        assert np.abs(on_gpu.attention[layer] - traced.attention[layer]).max() <= 1e-3
