@@ -20,6 +20,9 @@ from __future__ import annotations
 import numpy as np
 
 SIGNIFICANCE = 0.01  # a key is significant at >= 1% of its row's maximum (paper, Section 3)
+# The output error divides by |o|; an output that cancels to ~0 would make it explode on
+# rounding noise, so the norm is floored (real value vectors have norms of order 1).
+OUTPUT_NORM_FLOOR = 1e-6
 
 SUMMARY_FIELDS = {
     "retained_mass": "mean retained attention mass over all steps and units",
@@ -58,7 +61,7 @@ def step_metrics(
         kept_output /= np.where(kept_mass > 0, kept_mass, 1.0)[:, :, None]
         difference = np.linalg.norm(full_output - kept_output, axis=2)
         scale = np.linalg.norm(full_output, axis=2)
-        output_error = (difference / np.where(scale > 0, scale, 1.0)).mean(axis=1)
+        output_error = (difference / np.maximum(scale, OUTPUT_NORM_FLOOR)).mean(axis=1)
     return kept_mass, retained.mean(axis=1), hit_rate, output_error
 
 

@@ -170,7 +170,8 @@ class ReplayResult:
     def record(self) -> dict[str, Any]:
         """One flat, JSON-ready row for tables and files."""
         return {"policy": self.policy, "description": self.description, "online": self.online,
-                "budget": self.budget, "budget_fraction": self.budget / self.n, **self.summary,
+                "budget": self.budget, "budget_fraction": self.budget / self.n,
+                "prompt_mode": self.config.prompt_mode, **self.summary,
                 "seconds": round(self.seconds, 4)}  # fmt: skip
 
 
@@ -240,12 +241,12 @@ def replay(
             held = budget_tokens
         rows = layout.rows(t)  # (units, G, t+1)
         step_values = None if values is None else values[:, : t + 1]
-        kept_mass, retained_mass[t], hit_rate[t], error = step_metrics(
+        _, retained_mass[t], hit_rate[t], error = step_metrics(
             rows, kept_weight[:, : t + 1], step_values
         )
         if output_error is not None:
             output_error[t] = error
-        observed = _observe(rows, kept_mass, kept_weight[:, : t + 1], config)
+        observed = _observe(rows, kept[:, : t + 1], config)
         view = kept[:, : t + 1]
         view.flags.writeable = False
         policy.observe(t, observed, view)
@@ -260,24 +261,22 @@ def replay(
     return result
 
 
-def _observe(
-    rows: np.ndarray, kept_mass: np.ndarray, kept: np.ndarray, config: ReplayConfig
-) -> np.ndarray:
-    """What the policy sees of row t: ``(units, t+1)``, the unit's heads aggregated.
+def _observe(rows: np.ndarray, kept: np.ndarray, config: ReplayConfig) -> np.ndarray:
+    """What the policy sees of row t: ``(units, t+1)`` float64, the unit's heads aggregated.
 
     Renormalised mode: each head's row over the kept tokens divided by its kept mass
     (the softmax the model would compute over the cache), zero at evicted tokens.
+
+    Computed in float64 by division, not by a reciprocal: the float32 probabilities of a
+    row sum exactly in float64 whatever the order, so every implementation (the slow
+    reference loop included) sees bit-identical observations, and decisions at exact
+    boundaries (a uniform row against scissorhands' 1/|kept|) agree.
     """
-    if config.observation == "full":
-        per_head = rows
-    else:
-        scale = np.divide(
-            1.0, kept_mass, out=np.zeros_like(kept_mass), where=kept_mass > 0
-        )  # (units, G)
-        if config.aggregation in ("sum", "mean", "per-head"):
-            combined = np.matmul(scale[:, None, :], rows)[:, 0] * kept  # (units, t+1)
-            return combined / rows.shape[1] if config.aggregation == "mean" else combined
-        per_head = rows * scale[:, :, None] * kept[:, None, :]
+    per_head = rows.astype(np.float64)  # (units, G, t+1)
+    if config.observation != "full":
+        kept_mass = np.matmul(per_head, kept[:, :, None].astype(np.float64))  # (units, G, 1)
+        divide = kept[:, None, :] & (kept_mass > 0)
+        per_head = np.divide(per_head, kept_mass, out=np.zeros_like(per_head), where=divide)
     if config.aggregation == "max":
         return per_head.max(axis=1)
     if config.aggregation == "mean":
@@ -499,10 +498,18 @@ def run(args: argparse.Namespace) -> int:
         for policy in policies:
             results.append(replay(trace, policy, args.budget, budget_of=args.budget_of,
                                   config=config, progress=progress))  # fmt: skip
-        results.sort(key=lambda result: -result.summary["retained_mass"])
+        # Policies that attend the prompt in full score 1 on every prompt row; when modes
+        # differ, only the decode rows compare like with like.
+        mixed_modes = len({result.config.prompt_mode for result in results}) > 1
+        rank_by = "retained_mass_decode" if mixed_modes else "retained_mass"
+        results.sort(key=lambda result: -result.summary[rank_by])
         records = [{"rank": i + 1, **result.record()} for i, result in enumerate(results)]
         columns = [c for c in RESULT_COLUMNS if c[0] != "output_error" or trace.has_values]
+        if mixed_modes:
+            columns.insert(3, ("prompt_mode", "prompt", "s"))
         print(format_table(records, columns))
+        if mixed_modes:
+            print("ranked by mass(decode): some policies attend the prompt in full (prompt = full)")
         if args.plot:
             from h2osim.plots import plot_retained_mass
 

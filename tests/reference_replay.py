@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from h2osim.metrics import SIGNIFICANCE
+from h2osim.metrics import OUTPUT_NORM_FLOOR, SIGNIFICANCE
 from h2osim.policies import ReplayContext, ScorePolicy
 from h2osim.replay import ReplayConfig, UnitLayout, resolve_budget
 
@@ -59,7 +59,7 @@ def reference_replay(trace, policy, budget, *, budget_of="sequence", config=None
         if len(caches[0]) > k and not prefill:
             count = len(caches[0]) - k
             kept = _kept_array(caches, t)
-            if isinstance(policy, ScorePolicy):
+            if isinstance(policy, ScorePolicy) and type(policy).evict is ScorePolicy.evict:
                 scores = policy.score(t, kept)
                 victims = []
                 for u, cache in enumerate(caches):
@@ -77,8 +77,9 @@ def reference_replay(trace, policy, budget, *, budget_of="sequence", config=None
             head_mass, head_hits, head_errors = [], [], []
             for layer, head in heads_of_unit[u]:
                 row = [float(x) for x in trace.row(layer, head, t)]
-                retained = sum(row[j] for j in cache)
-                head_mass.append(retained)
+                retained = sum(row[j] for j in cache)  # exact: float32 values summed in float64
+                total = sum(row)
+                head_mass.append(retained / total)  # the share of the row kept
                 cutoff = SIGNIFICANCE * max(row)
                 significant = [j for j in range(t + 1) if row[j] >= cutoff]
                 head_hits.append(sum(1 for j in significant if j in cache) / len(significant))
@@ -93,14 +94,14 @@ def reference_replay(trace, policy, budget, *, budget_of="sequence", config=None
                     )
                 if errors is not None:
                     values = trace.values(layer)[trace.head_map[head]].astype(np.float64)
-                    full = sum(row[j] * values[j] for j in range(t + 1))
+                    full = sum(row[j] * values[j] for j in range(t + 1)) / total
                     kept_out = sum(row[j] * values[j] for j in cache) / (
                         retained if retained > 0 else 1.0
                     )
                     scale = math.sqrt(float(np.dot(full, full)))
                     diff = full - kept_out
                     head_errors.append(
-                        math.sqrt(float(np.dot(diff, diff))) / (scale if scale > 0 else 1.0)
+                        math.sqrt(float(np.dot(diff, diff))) / max(scale, OUTPUT_NORM_FLOOR)
                     )
             mass[t, u] = sum(head_mass) / len(head_mass)
             hits[t, u] = sum(head_hits) / len(head_hits)

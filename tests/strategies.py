@@ -56,8 +56,13 @@ def traces(
     value_array = None
     if with_values:
         head_dim = draw(st.integers(1, 4))
+        # Values on a 0.25 grid: no subnormals, so float32 and float64 outputs compare.
         value_array = draw(
-            arrays(np.float32, (layers, kv_heads, n, head_dim), elements=st.floats(-4, 4, width=32))
+            arrays(
+                np.float32,
+                (layers, kv_heads, n, head_dim),
+                elements=st.integers(-16, 16).map(lambda v: v / 4),
+            )
         )
     layer_ids = sorted(draw(st.sets(st.integers(0, 40), min_size=layers, max_size=layers)))
     # Heads listed group by group or interleaved: the head map need not be sorted.
@@ -72,3 +77,172 @@ def traces(
         values=value_array,
         metadata={"model": "hypothesis"},
     )
+
+
+# --------------------------------------------------------------------------- oracles and theory
+# Appended for the offline oracles (h2osim.oracles) and the theory package: small eviction
+# problems, set functions by family, dynamic instances, replay configurations.
+
+
+def _element(low: float, high: float):
+    """Floats in [low, high], or a coarse grid there (exact ties and zeros)."""
+    grid = st.integers(0, 4).map(lambda step: low + (high - low) * step / 4)
+    return st.one_of(grid, st.floats(low, high, allow_nan=False, allow_infinity=False))
+
+
+@st.composite
+def weight_matrices(draw, max_n: int = 8, min_n: int = 1) -> np.ndarray:
+    """A unit's ``(n, n)`` metric weights: lower triangular, rows summing to 1; sometimes
+    sparse (exact zeros, as in quantized traces), sometimes with ties."""
+    n = draw(st.integers(min_n, max_n))
+    weights = softmax_rows(draw(attention_logits((n, n))))
+    if draw(st.booleans()):
+        zeros = draw(arrays(np.bool_, (n, n)))
+        zeros[np.diag_indices(n)] = False  # keep every row non-empty
+        weights = np.where(zeros, 0.0, weights)
+        weights /= weights.sum(axis=1, keepdims=True)
+    return weights
+
+
+@st.composite
+def eviction_problems(draw, max_n: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """(weights, eviction counts) of one cache unit, stream or fully attended prompt."""
+    from h2osim.oracles import eviction_counts
+
+    weights = draw(weight_matrices(max_n))
+    n = len(weights)
+    counts = eviction_counts(n, draw(st.integers(1, n)), draw(st.integers(1, n)),
+                             draw(st.sampled_from(("stream", "full"))))  # fmt: skip
+    return weights, counts
+
+
+@st.composite
+def replay_configs(draw):
+    """Any ReplayConfig the engine accepts (all layers)."""
+    from h2osim.replay import GQA_MODES, OBSERVATIONS, PROMPT_MODES, ReplayConfig
+
+    return ReplayConfig(aggregation=draw(st.sampled_from(GQA_MODES)),
+                        prompt_mode=draw(st.sampled_from(PROMPT_MODES)),
+                        observation=draw(st.sampled_from(OBSERVATIONS)))  # fmt: skip
+
+
+def budgets():
+    """A replay budget: a token count >= 2 or a fraction in (0, 1]."""
+    return st.one_of(st.integers(2, 14), st.sampled_from((0.1, 0.25, 0.5, 0.75, 1.0)))
+
+
+@st.composite
+def monotone_submodular_functions(draw, max_size: int = 8, min_size: int = 1):
+    """A function of a monotone submodular family (theory.functions) on <= max_size elements."""
+    from theory import functions
+
+    family = draw(st.sampled_from(("accumulated", "facility", "coverage", "coverage-trap",
+                                   "log-sum-exp")))  # fmt: skip
+    if family == "coverage-trap" and max_size >= 3:
+        # Greedy's classic trap, perturbed: element 0 covers items 0-3, elements 1 and 2
+        # cover {0, 1, 4} and {2, 3, 5}; greedy takes 0 first whenever its items weigh
+        # more, and then misses one of items 4, 5. Extra random elements and items.
+        extra, items = draw(st.integers(0, max_size - 3)), draw(st.integers(6, 9))
+        covers = draw(arrays(np.bool_, (3 + extra, items)))
+        covers[:3, :6] = [[1, 1, 1, 1, 0, 0], [1, 1, 0, 0, 1, 0], [0, 0, 1, 1, 0, 1]]
+        covers[:3, 6:] = False
+        weights = draw(arrays(np.float64, items, elements=_element(0.5, 1.5)))
+        order = draw(st.permutations(range(3 + extra)))
+        return functions.WeightedCoverage(covers[list(order)], weights)
+    size = draw(st.integers(min_size, max_size))
+    if family == "coverage-trap":
+        family = "coverage"
+    if family == "accumulated":
+        scores = draw(arrays(np.float64, size, elements=_element(0.0, 10.0)))
+        return functions.AccumulatedScore(scores, draw(st.sampled_from(functions.CONCAVE)))
+    if family == "facility":
+        clients = draw(st.integers(1, 6))
+        return functions.FacilityLocation(
+            draw(arrays(np.float64, (clients, size), elements=_element(0.0, 1.0)))
+        )
+    if family == "coverage":
+        items = draw(st.integers(1, 8))
+        return functions.WeightedCoverage(draw(arrays(np.bool_, (size, items))),
+                                          draw(arrays(np.float64, items, elements=_element(0.1, 5.0))))  # fmt: skip
+    queries, dim = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    return functions.LogSumExp(draw(arrays(np.float64, (queries, dim), elements=_element(-2.0, 2.0))),
+                               draw(arrays(np.float64, (size, dim), elements=_element(-2.0, 2.0))))  # fmt: skip
+
+
+@st.composite
+def non_submodular_functions(draw, max_size: int = 7):
+    """Attention functions that violate diminishing returns by construction.
+
+    RenormalisedValue: element 0 has value -a, element 1 value b > 0 and w_1 a > w_0 b, so
+    adding 1 gains b alone but w_1 (a + b) / (w_0 + w_1) > b next to 0.
+    OutputFidelity: elements 0 and 1 have equal weights and values m +- c u around the
+    full output m (every other element comes in such pairs or sits at m) with c|u| >= |m|:
+    each is far from m alone, together they are exact, so adding 1 gains more next to 0.
+    """
+    from theory import functions
+
+    if draw(st.booleans()):
+        size = draw(st.integers(2, max_size))
+        weights = draw(arrays(np.float64, size, elements=st.floats(0.1, 1.0)))
+        values = draw(arrays(np.float64, size, elements=st.floats(-3.0, 3.0)))
+        values[1] = draw(st.floats(0.5, 3.0))
+        values[0] = -weights[0] * values[1] / weights[1] * draw(st.floats(1.5, 4.0))
+        return functions.RenormalisedValue(weights, values)
+    dim = draw(st.integers(1, 3))
+    center = draw(arrays(np.float64, dim, elements=st.floats(-2.0, 2.0)))
+    center[0] = draw(st.sampled_from((-1.0, 1.0))) * draw(st.floats(0.5, 2.0))  # |m| >= 0.5
+    pairs = draw(st.integers(1, max_size // 2))
+    weights, values = [], []
+    for pair in range(pairs):
+        direction = draw(arrays(np.float64, dim, elements=st.floats(-1.0, 1.0)))
+        direction[0] = 1.0  # |u| >= 1
+        spread = (
+            draw(st.floats(float(np.linalg.norm(center)), 4.0))
+            if pair == 0
+            else draw(st.floats(0.0, 2.0))
+        )
+        weight = draw(st.floats(0.1, 1.0))
+        weights += [weight, weight]
+        values += [center + spread * direction, center - spread * direction]
+    if draw(st.booleans()):
+        weights.append(draw(st.floats(0.1, 1.0)))
+        values.append(center.copy())
+    return functions.OutputFidelity(np.array(weights), np.array(values))
+
+
+@st.composite
+def dynamic_instances(draw, max_n: int = 7):
+    """A dynamic selection problem: objectives f_0..f_{n-1} from an attention matrix
+    (accumulated score with concave h, or facility location over the rows served so
+    far), what the algorithm perceives (the truth, or the truth perturbed by <= eps),
+    a budget k and whether the newest element is protected."""
+    from theory.dynamic import PerturbedFunction, attention_objectives
+    from theory.functions import CONCAVE
+
+    attention = draw(weight_matrices(max_n, min_n=2))
+    family = draw(st.sampled_from(("accumulated", "facility")))
+    objectives = attention_objectives(attention, family, draw(st.sampled_from(CONCAVE)))
+    eps = draw(st.sampled_from((0.0, 0.01, 0.1, 0.5)))
+    seed = draw(st.integers(0, 2**16))
+    perceived = [PerturbedFunction(f, eps, seed + i) for i, f in enumerate(objectives)]
+    k = draw(st.integers(1, len(attention)))
+    return objectives, perceived, k, draw(st.booleans())
+
+
+@st.composite
+def attention_set_functions(draw, max_size: int = 6):
+    """RenormalisedValue or OutputFidelity with arbitrary weights and values: submodular or
+    not, as it happens (for differential checks of the submodularity checker)."""
+    from hypothesis import assume
+
+    from theory import functions
+
+    size = draw(st.integers(1, max_size))
+    weights = draw(arrays(np.float64, size, elements=_element(0.1, 1.0)))
+    if draw(st.booleans()):
+        return functions.RenormalisedValue(
+            weights, draw(arrays(np.float64, size, elements=_element(-2.0, 2.0)))
+        )
+    values = draw(arrays(np.float64, (size, draw(st.integers(1, 3))), elements=_element(-2.0, 2.0)))
+    assume(np.linalg.norm(weights @ values) > 1e-3)  # the relative error needs a non-zero output
+    return functions.OutputFidelity(weights, values)

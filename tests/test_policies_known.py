@@ -74,9 +74,12 @@ def test_known_evictions(name):
     assert evictions(name, TRACE, 3, **params) == expected
 
 
+VARIANT_TESTS = {"h2o-mask", "h2o-drop", "h2o-flexgen", "h2o-sqrt", "h2o-log", "a2sf"}
+
+
 def test_every_online_policy_has_a_known_answer():
     deterministic = set(policy_names(online=True)) - {"random"}
-    assert deterministic <= set(KNOWN)
+    assert deterministic <= set(KNOWN) | VARIANT_TESTS
 
 
 def test_h2o_known_retained_mass():
@@ -168,3 +171,67 @@ def test_lowest_scored_with_every_candidate_protected():
     kept = np.array([[False, True, True, True]])
     assert lowest_scored(scores, kept, 1).tolist() == [[1]]
     assert lowest_scored(scores, kept, 2).tolist() == [[1, 2]]
+
+
+# --------------------------------------------------------------------------- H2O variants
+# Each follows one code path of the official repository (FMInference/H2O); the known
+# answers below pin what each does on ROWS and how that differs from plain h2o.
+
+
+def test_h2o_mask_budgets_from_the_prompt():
+    trace = rows_trace([ROWS], prompt_length=5)
+    # heavy floor(0.4*5)=2, recent floor(0.2*5)=1 -> k=3, --budget ignored. Prompt rows in
+    # full, so nothing leaves before t=5; then acc over rows 0-4 = [1.5, 2.3, .56, .34, .3]
+    # keeps heavy {0, 1} + the newest 5.
+    got = evictions("h2o-mask", trace, 0.9, heavy_prompt_ratio=0.4, recent_prompt_ratio=0.2)
+    assert got == {2: 5, 3: 5, 4: 5}
+    result = replay(
+        trace, make_policy("h2o-mask", heavy_prompt_ratio=0.4, recent_prompt_ratio=0.2), 0.9
+    )
+    assert result.budget == 3 and result.config.prompt_mode == "full"
+
+
+def test_h2o_drop_absolute_sizes_compress_after_prefill():
+    trace = rows_trace([ROWS], prompt_length=4)
+    # k = 1 heavy + 1 recent + the newest = 3, newest two protected. At t=4 the prompt
+    # (4 tokens) + token 4 is compressed to 3: acc [1.4, 1.9, .46] over {0,1,2} -> 2, 0 go.
+    # t=5: acc1 2.4 vs acc3 .365 (row 4 over {1,3,4}) -> 3 goes.
+    assert evictions("h2o-drop", trace, 0.5, heavy_size=1, recent_size=1) == {0: 4, 2: 4, 3: 5}
+
+
+def test_h2o_flexgen_promotes_the_token_leaving_the_ring():
+    trace = rows_trace([ROWS], prompt_length=3)
+    # k=4: 2 heavy + 2 recent. At t=4 FlexGen protects {2, 3, 4} (2 is being promoted) and
+    # evicts 0 (acc 1.4 < 1.9); h2o protects only {3, 4} and evicts 2 (acc .46).
+    assert evictions("h2o-flexgen", trace, 4) == {0: 4, 2: 5}
+    assert evictions("h2o", trace, 4, config=ReplayConfig(prompt_mode="full")) == {2: 4, 3: 5}
+
+
+GLOBAL_ROWS = [
+    [1.0],
+    [0.9, 0.1],
+    [0.8, 0.1, 0.1],
+    [0.05, 0.9, 0.025, 0.025],
+    [0.05, 0.9, 0.02, 0.02, 0.01],
+    [0.05, 0.9, 0.01, 0.01, 0.01, 0.02],
+]
+
+
+def test_h2o_global_sees_the_future():
+    trace = rows_trace([GLOBAL_ROWS])
+    # column sums over all rows: [2.85, 2.9, .155, .055, .02, .02]; token 1 is heavy only
+    # later, which global statistics know at t=2 and h2o cannot (acc [1.9, 0.1] then).
+    assert evictions("h2o-global", trace, 2) == {0: 2, 2: 3, 3: 4, 4: 5}
+    assert evictions("h2o", trace, 2)[1] == 2
+
+
+def test_concave_variants_evict_like_h2o():
+    for name in ("h2o-sqrt", "h2o-log"):
+        assert evictions(name, TRACE, 3) == KNOWN["h2o"][1]
+
+
+def test_a2sf_forgetting_lets_the_early_token_go():
+    # no recent window: like `heavy` until t=5, where token 0's decayed score (.297) falls
+    # below the new token 4's (.375); `heavy` keeps 0 and evicts 4 instead.
+    assert evictions("a2sf", TRACE, 3, heavy_ratio=1.0, forgetting=0.5) == {2: 3, 3: 4, 0: 5}
+    assert evictions("heavy", TRACE, 3) == {2: 3, 3: 4, 4: 5}

@@ -33,13 +33,18 @@ def run(capsys, *argv) -> tuple[int, str, str]:
 
 
 def test_policy_all_prints_a_ranked_table(capsys, small_trace):
-    code, out, _ = run(capsys, small_trace, "--policy", "all", "--budget", "0.25")
+    code, out, _ = run(capsys, small_trace, "--policy", "all", "--budget", "0.25", "--json", "-")
     assert code == 0
-    lines = [line for line in out.splitlines() if line[:1].isdigit()]
+    table = out[: out.index("{")]
+    lines = [line for line in table.splitlines() if line[:1].isdigit()]
     assert len(lines) == len(policy_names())
-    masses = [float(line.split()[3]) for line in lines]
-    assert masses == sorted(masses, reverse=True)
-    assert lines[0].split()[1] in ("full", "topk", "opt")  # nothing beats keeping everything
+    records = json.loads(out[out.index("{") :])["results"]
+    assert [r["rank"] for r in records] == list(range(1, len(records) + 1))
+    mixed = len({r["prompt_mode"] for r in records}) > 1
+    key = "retained_mass_decode" if mixed else "retained_mass"
+    assert [r[key] for r in records] == sorted((r[key] for r in records), reverse=True)
+    assert records[0][key] == pytest.approx(1.0)  # nothing beats keeping everything
+    assert ("ranked by mass(decode)" in table) == mixed
 
 
 def test_json_and_csv_outputs(capsys, tmp_path, small_trace):

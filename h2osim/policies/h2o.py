@@ -19,10 +19,17 @@ from h2osim.policies.base import ReplayContext, ScorePolicy, param, recent_mask,
 
 
 class AccumulatedAttention(ScorePolicy):
-    """Score = accumulated observed attention; the newest ``recent_budget`` tokens protected."""
+    """Score = accumulated observed attention; the newest ``recent_budget`` tokens protected.
+
+    The shared base of ``h2o``, ``heavy`` and the variants that follow other code paths.
+    ``decay`` < 1 multiplies old scores at every step (a forgetting factor, as in A2SF).
+    """
 
     def recent_budget(self, budget: int) -> int:
         raise NotImplementedError
+
+    def decay(self) -> float:
+        return 1.0
 
     def reset(self, context: ReplayContext) -> None:
         super().reset(context)
@@ -30,6 +37,8 @@ class AccumulatedAttention(ScorePolicy):
         self.recent = self.recent_budget(context.budget)
 
     def observe(self, t: int, observed: np.ndarray, kept: np.ndarray) -> None:
+        if self.decay() != 1.0:
+            self.accumulated_score[:, :t] *= self.decay()
         self.accumulated_score[:, : t + 1] += observed
 
     def score(self, t: int, kept: np.ndarray) -> np.ndarray:
