@@ -285,6 +285,8 @@ class GroupRun:
     decode_seconds: float  # the token-by-token steps, all rows together
     decode_steps: int
     forward_seconds: float  # of decode_seconds: inside the model's forward passes
+    weights_seconds: float  # of decode_seconds: attention weights aggregated and copied out
+    policy_seconds: float  # of decode_seconds: evict + observe + slot bookkeeping
     cache: Any = field(default=None, repr=False)  # the EvictingCache at the end
 
 
@@ -364,7 +366,9 @@ def run_group(
             cache.batch_repeat_interleave(rows)  # one copy of the prefix per policy
         prefill_seconds = time.perf_counter() - started
         started = time.perf_counter()
-        forward_seconds, max_held = 0.0, 0
+        forward_seconds = weights_seconds = 0.0
+        policy_before = controller.policy_seconds
+        max_held = 0
         last = None if logits is None else logits[:, -1].expand(rows, -1)
         for t in range(shared, n):
             if t < known:
@@ -379,12 +383,15 @@ def run_group(
             forward_started = time.perf_counter()
             output = model(step_ids, cache=cache, position_ids=torch.full((rows, 1), t, device=device),
                            use_cache=True, output_attentions=weights)  # fmt: skip
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)  # time the kernels, not their launch
             forward_seconds += time.perf_counter() - forward_started
             if row_hook is not None:
                 row_hook(t, output.attentions, controller.slot_positions)
-            controller.observe_rows(
-                t, controller.aggregate(output.attentions)[:, :, 0] if weights else None
-            )
+            weights_started = time.perf_counter()
+            served = controller.aggregate(output.attentions)[:, :, 0] if weights else None
+            weights_seconds += time.perf_counter() - weights_started
+            controller.observe_rows(t, served)
             held = cache.held()
             if held != controller.slot_positions.shape[-1]:
                 raise RuntimeError(f"the cache holds {held} slots per unit, the controller "
@@ -401,7 +408,8 @@ def run_group(
     return GroupRun(
         controller=controller, token_ids=token_ids, kv_bytes=cache.kv_bytes() // max(rows, 1),
         max_held=max_held, prefill_seconds=prefill_seconds, decode_seconds=decode_seconds,
-        decode_steps=n - shared, forward_seconds=forward_seconds, cache=cache,
+        decode_steps=n - shared, forward_seconds=forward_seconds, weights_seconds=weights_seconds,
+        policy_seconds=controller.policy_seconds - policy_before, cache=cache,
     )  # fmt: skip
 
 
@@ -466,7 +474,8 @@ def _timing(run: GroupRun) -> dict[str, float]:
         "decode_seconds": round(run.decode_seconds, 3),
         "decode_ms_per_step": round(1000 * run.decode_seconds / steps, 2),
         "forward_ms_per_step": round(1000 * run.forward_seconds / steps, 2),
-        "policy_ms_per_step": round(1000 * run.controller.policy_seconds / steps, 2),
+        "weights_ms_per_step": round(1000 * run.weights_seconds / steps, 2),
+        "policy_ms_per_step": round(1000 * run.policy_seconds / steps, 2),
     }
 
 
