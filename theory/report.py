@@ -1,0 +1,182 @@
+"""The dynamic bound on a real trace: H2O's greedy trajectory vs the per-step optimum.
+
+The trajectory is the one the engine replays (default: the registered ``heavy`` policy,
+H2O's greedy eviction by accumulated attention - the paper's Algorithm 2, except that
+the engine never evicts the newest token). At every step i and cache unit:
+
+- f_i(S) = h(sum_{j in S} A_i(j)), A_i(j) = sum_{s <= i} W[s, j] with W the unit's metric
+  weights (each head's row as a share of its total, averaged over the unit's heads):
+  the paper's score on the full model's attention. S_i = what the unit held at row i.
+- opt_i = h(sum of the |S_i| largest A_i(j), j <= i): exact, since h is non-decreasing.
+- eps0_i: how far the scores the policy could see are from A_i - with renormalised
+  observation each served row is renormalised over the kept tokens (what the model
+  computes over its cache), giving A~_i; eps0_i = L_h max_{|X| = |S_i|} |sum_X (A~_i -
+  A_i)| bounds |f~_i - f_i| on every set of that size (L_h = sup h'). With full
+  observation A~ = A and eps0 = 0.
+- alpha_i, beta_i from :func:`theory.bounds.accumulated_certificate` - delta = 0 by
+  default (beta = 0; the certificate already uses the true gains), or delta = 2 eps0_i
+  with ``charge_eps0`` (the paper's split: beta pays for approximate scores) - and the
+  bound (1 - 1/e)(1 - alpha_i) opt_i - beta_i; drift diagnostics theta_i and gamma_i as
+  in :mod:`theory.dynamic`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from h2osim.policies import Policy, make_policy
+from h2osim.replay import ReplayConfig, ReplayResult, UnitLayout, replay
+from h2osim.trace import Trace
+from theory.bounds import ONE_MINUS_INV_E, accumulated_certificate, dynamic_bound
+from theory.functions import concave, concave_slope
+
+FIELDS = ("value", "opt", "alpha", "beta", "eps0", "bound", "theta", "gamma")
+
+
+@dataclass
+class TraceBoundReport:
+    """Per step and unit, ``(n, units)`` arrays of the quantities in the module docstring."""
+
+    policy: str
+    budget: int
+    concave_name: str
+    charge_eps0: bool
+    config: ReplayConfig
+    unit_labels: tuple[tuple[int, int], ...]
+    prompt_length: int
+    sizes: np.ndarray  # (n, units) |S_i|
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> np.ndarray:
+        arrays = self.__dict__.get("arrays", {})
+        if name in arrays:
+            return arrays[name]
+        raise AttributeError(name)
+
+    @property
+    def ratio(self) -> np.ndarray:
+        return np.divide(self.value, self.opt, out=np.ones_like(self.value), where=self.opt > 0)
+
+    @property
+    def bound_ratio(self) -> np.ndarray:
+        return np.divide(self.bound, self.opt, out=np.zeros_like(self.bound), where=self.opt > 0)
+
+    @property
+    def slack(self) -> np.ndarray:
+        """f_i(S_i) - bound_i: never negative when the bound holds."""
+        return self.value - self.bound
+
+    def violations(self, tolerance: float = 1e-9) -> np.ndarray:
+        """``(k, 2)`` (step, unit) pairs where the bound fails (relative tolerance)."""
+        return np.argwhere(self.slack < -tolerance * np.maximum(1.0, np.abs(self.opt)))
+
+    def summary(self) -> dict[str, Any]:
+        evicting = (
+            self.sizes < np.arange(1, len(self.sizes) + 1)[:, None]
+        )  # after the first eviction
+        span = evicting if evicting.any() else np.ones_like(evicting)
+        return {
+            "policy": self.policy, "budget": self.budget, "h": self.concave_name,
+            "steps_checked": int(self.value.size), "violations": int(len(self.violations())),
+            "mean_ratio": float(self.ratio[span].mean()), "min_ratio": float(self.ratio.min()),
+            "mean_bound_ratio": float(self.bound_ratio[span].mean()),
+            "min_slack_ratio": float((self.ratio - self.bound_ratio).min()),
+            "mean_alpha": float(self.alpha[span].mean()), "max_alpha": float(self.alpha.max()),
+            "max_eps0": float(self.eps0.max()), "max_beta_ratio": float(
+                np.divide(self.beta, self.opt, out=np.zeros_like(self.beta), where=self.opt > 0).max()),
+            "nemhauser_ratio": ONE_MINUS_INV_E,
+        }  # fmt: skip
+
+
+def _top_sum(values: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """Per row, the sum of the ``count`` largest entries. ``(units, m)``, ``(units,)``."""
+    ordered = -np.sort(-values, axis=1)
+    running = np.concatenate([np.zeros((len(values), 1)), np.cumsum(ordered, axis=1)], axis=1)
+    return running[np.arange(len(values)), np.minimum(count, values.shape[1])]
+
+
+def trace_bound_report(
+    trace: Trace,
+    policy: Policy | str = "heavy",
+    budget: float | int | str = 0.2,
+    *,
+    budget_of: str = "sequence",
+    config: ReplayConfig | None = None,
+    concave_name: str = "identity",
+    charge_eps0: bool = False,
+    progress: bool = False,
+) -> TraceBoundReport:
+    """Replay ``policy`` and check the dynamic bound at every step of every unit.
+
+    ``charge_eps0``: charge 2 eps0 of every gain to beta, as the paper's split does
+    (alpha then measures only the rest); by default delta = 0 and beta = 0, since the
+    certificate already uses the true gains. Both bounds are valid.
+    """
+    policy = make_policy(policy) if isinstance(policy, str) else policy
+    if not policy.online:
+        raise ValueError(f"policy {policy.name!r} is offline; the bound is about online eviction")
+    result: ReplayResult = replay(trace, policy, budget, budget_of=budget_of, config=config,
+                                  progress=progress)  # fmt: skip
+    config = result.config
+    layout = UnitLayout(trace, config)
+    n, units = trace.n, layout.units
+    weights = np.stack([layout.weights(u) for u in range(units)])  # (units, n, n)
+    true_score = np.zeros((units, n))  # A_i
+    seen_score = np.zeros((units, n))  # A~_i
+    slope = concave_slope(concave_name)
+    arrays = {name: np.full((n, units), np.nan) for name in FIELDS}
+    sizes = np.zeros((n, units), dtype=np.int64)
+    previous_held = None
+    steps: Iterable[int] = range(n)
+    if progress:
+        from tqdm import tqdm
+
+        steps = tqdm(steps, desc="bound report", unit="step", leave=False, delay=1.0)
+    for i in steps:
+        row = weights[:, i, : i + 1]  # (units, i+1)
+        held = result.kept_at(i)  # (units, i+1)
+        true_score[:, : i + 1] += row
+        if config.observation == "full":
+            seen_score[:, : i + 1] += row
+        else:
+            kept_row = np.where(held, row, 0.0)
+            total = kept_row.sum(axis=1, keepdims=True)
+            seen_score[:, : i + 1] += np.divide(kept_row, total, out=np.zeros_like(kept_row),
+                                                where=total > 0)  # fmt: skip
+        scores = true_score[:, : i + 1]
+        size = held.sum(axis=1)
+        sizes[i] = size
+        value = concave(concave_name, np.where(held, scores, 0.0).sum(axis=1))
+        optimum = concave(concave_name, _top_sum(scores, size))
+        error = seen_score[:, : i + 1] - scores
+        eps0 = slope * np.maximum(_top_sum(np.maximum(error, 0.0), size),
+                                  _top_sum(np.maximum(-error, 0.0), size))  # fmt: skip
+        allowed = np.ones_like(held)
+        delta = 2.0 * eps0 if charge_eps0 else np.zeros(units)
+        alpha, beta = accumulated_certificate(scores, held, allowed, concave_name, delta)
+        arrays["value"][i], arrays["opt"][i], arrays["eps0"][i] = value, optimum, eps0
+        arrays["alpha"][i], arrays["beta"][i] = alpha, beta
+        arrays["bound"][i] = dynamic_bound(optimum, alpha, beta)
+        if previous_held is not None:
+            padded = np.zeros_like(held)
+            padded[:, :i] = previous_held
+            before = concave(
+                concave_name, np.where(padded[:, :i], scores[:, :i] - row[:, :i], 0.0).sum(axis=1)
+            )
+            after = concave(concave_name, np.where(padded, scores, 0.0).sum(axis=1))
+            arrays["theta"][i] = np.where(
+                before > 0, 1.0 - after / np.where(before > 0, before, 1.0), np.nan
+            )
+            last = arrays["opt"][i - 1]
+            arrays["gamma"][i] = np.where(
+                last > 0, optimum / np.where(last > 0, last, 1.0) - 1.0, np.nan
+            )
+        previous_held = held
+    return TraceBoundReport(policy=policy.name, budget=result.budget, concave_name=concave_name,
+                            charge_eps0=charge_eps0,
+                            config=config, unit_labels=layout.labels,
+                            prompt_length=trace.prompt_length, sizes=sizes, arrays=arrays)  # fmt: skip
