@@ -39,54 +39,75 @@ def interactions(
 ) -> list[tuple[str, str, int, Callable[[AppTest], object]]]:
     """(page, what the user does, new replays it needs, how AppTest does it)."""
     layers = trace.layers.tolist()
+
+    def next_unit(at: AppTest) -> object:
+        picker = at.selectbox(key="dyn_unit")
+        return picker.set_value((picker.value + 1) % len(picker.options))
+
     other_layer = layers[0] if len(layers) > 1 else layers[-1]
     steps = [
-        ("trace explorer", "open the page", 0, lambda at: at),
-        ("trace explorer", "change layer", 0, lambda at: at.selectbox(key="te_layer").set_value(other_layer)),
-        ("trace explorer", "change query head", 0, lambda at: at.selectbox(key="te_head").set_value(trace.num_heads - 1)),
-        ("trace explorer", "linear colour scale", 0, lambda at: at.radio(key="te_scale").set_value("linear")),
-        ("trace explorer", "score per row seen", 0, lambda at: at.radio(key="te_score").set_value("per row seen")),
-        ("eviction dynamics", "open the page (h2o vs window)", 2, lambda at: at.switch_page("views/eviction_dynamics.py")),
-        ("eviction dynamics", "move the step slider", 0, lambda at: at.slider(key="dyn_step").set_value(trace.n // 2)),
-        ("eviction dynamics", "press play (one frame)", 0, lambda at: at.button(key="dyn_play").click()),
-        ("eviction dynamics", "one animation frame", 0, lambda at: at),
-        ("eviction dynamics", "press pause", 0, lambda at: at.button(key="dyn_play").click()),
-        ("eviction dynamics", "step back", 0, lambda at: at.button(key="dyn_back").click()),
-        ("eviction dynamics", "change budget to 0.3", 2, lambda at: at.slider(key="dyn_budget").set_value(0.3)),
-        ("eviction dynamics", "right policy: sink", 1, lambda at: at.selectbox(key="dyn_policy_b").set_value("sink")),
-        ("eviction dynamics", "watch another cache unit", 0, lambda at: at.selectbox(key="dyn_unit").set_value(0)),
-        ("eviction dynamics", "budget back to 0.2 (cached)", 0, lambda at: at.slider(key="dyn_budget").set_value(0.2)),
+        ("trace explorer", "open the page", lambda at: at),
+        ("trace explorer", "change layer", lambda at: at.selectbox(key="te_layer").set_value(other_layer)),
+        ("trace explorer", "change query head", lambda at: at.selectbox(key="te_head").set_value(trace.num_heads - 1)),
+        ("trace explorer", "linear colour scale", lambda at: at.radio(key="te_scale").set_value("linear")),
+        ("trace explorer", "score per row seen", lambda at: at.radio(key="te_score").set_value("per row seen")),
+        ("eviction dynamics", "open the page (h2o vs window)", lambda at: at.switch_page("views/eviction_dynamics.py")),
+        ("eviction dynamics", "move the step slider", lambda at: at.slider(key="dyn_step").set_value(trace.n // 2)),
+        ("eviction dynamics", "press play (one frame)", lambda at: at.button(key="dyn_play").click()),
+        ("eviction dynamics", "one animation frame", lambda at: at),
+        ("eviction dynamics", "press pause", lambda at: at.button(key="dyn_play").click()),
+        ("eviction dynamics", "step back", lambda at: at.button(key="dyn_back").click()),
+        ("eviction dynamics", "change budget to 0.3", lambda at: at.slider(key="dyn_budget").set_value(0.3)),
+        ("eviction dynamics", "right policy: sink", lambda at: at.selectbox(key="dyn_policy_b").set_value("sink")),
+        ("eviction dynamics", "watch another cache unit", next_unit),
+        ("eviction dynamics", "budget back to 0.2 (cached)", lambda at: at.slider(key="dyn_budget").set_value(0.2)),
     ]  # fmt: skip
     if output_error and trace.has_values:
-        steps.append(("eviction dynamics", "measure output error", 2,
-                      lambda at: at.checkbox(key="dyn_output_error").check()))  # fmt: skip
+        steps.append(("eviction dynamics", "measure output error", lambda at: at.checkbox(key="dyn_output_error").check()))  # fmt: skip
     steps += [
-        ("policy race", "open the page (3 policies x 4 budgets)", 12, lambda at: at.switch_page("views/policy_race.py")),
-        ("policy race", "add budget 0.4", 3, lambda at: at.pills(key="race_budgets").select(0.4)),
-        ("policy race", "remove budget 0.4 (cached)", 0, lambda at: at.pills(key="race_budgets").unselect(0.4)),
-        ("policy race", "add policy tova", 4, lambda at: at.multiselect(key="race_policies").select("tova")),
-        ("policy race", "retained mass over decode steps", 0, lambda at: at.radio(key="race_mass_metric").set_value("retained_mass_decode")),
+        ("policy race", "open the page (defaults)", lambda at: at.switch_page("views/policy_race.py")),
+        ("policy race", "add budget 0.4", lambda at: at.pills(key="race_budgets").select(0.4)),
+        ("policy race", "remove budget 0.4 (cached)", lambda at: at.pills(key="race_budgets").unselect(0.4)),
+        ("policy race", "add policy tova", lambda at: at.multiselect(key="race_policies").select("tova")),
+        ("policy race", "retained mass over decode steps", lambda at: at.radio(key="race_mass_metric").set_value("retained_mass_decode")),
     ]  # fmt: skip
     if output_error and trace.has_values:
-        steps.append(("policy race", "second chart: output error", 16,
-                      lambda at: at.radio(key="race_second").set_value("output_error")))  # fmt: skip
-    steps.append(("trace explorer", "back to page 1 (cached)", 0, lambda at: at.switch_page("views/trace_explorer.py")))  # fmt: skip
+        steps.append(("policy race", "second chart: output error", lambda at: at.radio(key="race_second").set_value("output_error")))  # fmt: skip
+    steps.append(("trace explorer", "back to page 1 (cached)", lambda at: at.switch_page("views/trace_explorer.py")))  # fmt: skip
     return steps
 
 
+def replay_jobs(app: AppTest, page: str) -> set[tuple]:
+    """The (policy, budget, output error) replays the page shows after a run."""
+    state = app.session_state
+    if page == "eviction dynamics":
+        error = state["dyn_output_error"]
+        return {(state["dyn_policy_a"], state["dyn_budget"], error),
+                (state["dyn_policy_b"], state["dyn_budget"], error)}  # fmt: skip
+    if page == "policy race":
+        error = state["race_second"] == "output_error"
+        return {(policy, budget, error) for policy in state["race_policies"]
+                for budget in state["race_budgets"]}  # fmt: skip
+    return set()
+
+
 def bench_trace(path: Path, output_error: bool) -> list[tuple[str, str, int, float]]:
+    """Rows (page, interaction, new replays it needed, seconds of the rerun)."""
     trace = Trace.load(path)
     app = AppTest.from_file(MAIN, default_timeout=600)
     app.session_state["trace"] = str(path)
     rows = []
-    for page, action, replays, act in interactions(trace, output_error):
+    replayed: set[tuple] = set()
+    for page, action, act in interactions(trace, output_error):
         started = time.perf_counter()
         act(app)
         app.run()
         seconds = time.perf_counter() - started
         if app.exception:
             raise RuntimeError(f"{page} / {action}: {app.exception[0].message}")
-        rows.append((page, action, replays, seconds))
+        jobs = replay_jobs(app, page)
+        rows.append((page, action, len(jobs - replayed), seconds))
+        replayed |= jobs
     return rows
 
 

@@ -87,7 +87,8 @@ def test_trace_explorer_shows_heatmap_text_and_charts(app):
 def test_trace_explorer_widgets_change_the_output(app):
     open_page(app, TRACE_EXPLORER)
     before = (heatmap(app), metric_values(app), charts(app))
-    app.selectbox(key="te_head").set_value(4).run()
+    other_head = 4 if app.selectbox(key="te_head").value != 4 else 1
+    app.selectbox(key="te_head").set_value(other_head).run()
     after_head = (heatmap(app), metric_values(app), charts(app))
     assert after_head[0] != before[0] and after_head[1] != before[1]
     app.radio(key="te_scale").set_value("linear").run()
@@ -100,7 +101,7 @@ def test_trace_explorer_widgets_change_the_output(app):
 def test_trace_explorer_layer_and_trace_choice(app, trace_folder):
     open_page(app, TRACE_EXPLORER)
     before = heatmap(app)
-    app.selectbox(key="te_layer").set_value(0).run()
+    app.selectbox(key="te_layer").set_value(1 - app.selectbox(key="te_layer").value).run()
     assert heatmap(app) != before
     app.sidebar.selectbox(key="trace").set_value(str(trace_folder / "b-tiny-novalues.npz")).run()
     assert not app.exception
@@ -152,7 +153,7 @@ def test_eviction_dynamics_policy_choice_and_output_error(app):
     app.checkbox(key="dyn_output_error").check().run()
     assert metric_values(app)[2] != "off"
     float(metric_values(app)[2])
-    app.selectbox(key="dyn_unit").set_value(5).run()  # layer 1, KV head 2
+    app.selectbox(key="dyn_unit").set_value(5 - app.selectbox(key="dyn_unit").value).run()
     assert not app.exception
 
 
@@ -167,7 +168,7 @@ def test_eviction_dynamics_bad_parameter_is_a_message_not_a_crash(app):
 def test_policy_race_pickers_read_the_registry(app):
     open_page(app, POLICY_RACE)
     picker = app.multiselect(key="race_policies")
-    assert picker.options == [controls.policy_label(name) for name in policy_names()]
+    assert picker.options == [controls.policy_short_label(name) for name in policy_names()]
     assert set(picker.value) >= {"h2o", "window"}
 
 
@@ -178,7 +179,7 @@ def test_policy_race_budgets_and_policies_change_curves_and_table(app):
     chosen = app.multiselect(key="race_policies").value
     assert len(table) == len(chosen) * 4  # four default budgets
     charts_before = charts(app)
-    app.pills(key="race_budgets").select(0.7).run()
+    app.pills(key="race_budgets").select(0.6).run()
     assert len(app.dataframe[0].value) == len(chosen) * 5
     assert charts(app) != charts_before
     app.multiselect(key="race_policies").select("tova").run()

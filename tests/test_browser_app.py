@@ -1,7 +1,7 @@
 """The app in a real browser: a ``streamlit run`` server and headless Debian chromium.
 
 Checks that every page renders in the browser (the Trace explorer's heatmap image is
-decoded with a non-zero size, charts draw) and saves a screenshot of each page. The
+drawn with a non-zero size, charts draw) and saves a screenshot of each page. The
 screenshots go to pytest's tmp folder, or to ``$H2OSIM_SCREENSHOTS`` when set:
 
     H2OSIM_SCREENSHOTS=docs/screenshots .venv/bin/python -m pytest -m browser tests/test_browser_app.py
@@ -34,16 +34,31 @@ PAGES = [  # (url path, screenshot name, what proves it rendered)
     ("theory_lab", "theory-lab", "text"),
     ("live_lab", "live-lab", "text"),
 ]
-HEATMAP_DRAWN = """() => [...document.querySelectorAll('[data-testid="stImage"] img')].some(
-    (img) => img.complete && img.naturalWidth > 0 && img.getBoundingClientRect().width > 100)"""
+# The heatmap is a PNG inside a Vega-Lite image mark: an <image> in the chart's SVG.
+HEATMAP_DRAWN = """() => [...document.querySelectorAll('[data-testid="stVegaLiteChart"] svg image')].some(
+    (img) => img.getBoundingClientRect().width > 100 && img.getBoundingClientRect().height > 100)"""
 CHART_DRAWN = """() => [...document.querySelectorAll('[data-testid="stVegaLiteChart"] :is(svg, canvas)')]
     .some((node) => node.getBoundingClientRect().width > 100)"""
 CONTENT_HEIGHT = (
     """() => document.querySelector('[data-testid="stMainBlockContainer"]').scrollHeight"""
 )
-RUN_FINISHED = """() => !document.querySelector('[data-testid="stStatusWidget"]')"""
+RUNNING = """() => !!document.querySelector('[data-testid="stStatusWidget"]')"""
 
 pytestmark = pytest.mark.browser
+
+
+def _wait_until_idle(page, quiet_seconds: float = 2.0, timeout: float = 120.0) -> None:
+    """Wait until the script has not been running for ``quiet_seconds`` in a row (the
+    running indicator appears with a delay, so one look is not enough)."""
+    deadline = time.monotonic() + timeout
+    quiet_since = time.monotonic()
+    while time.monotonic() < deadline:
+        if page.evaluate(RUNNING):
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since >= quiet_seconds:
+            return
+        page.wait_for_timeout(200)
+    raise TimeoutError(f"the app was still running after {timeout:.0f} s")
 
 
 def _free_port() -> int:
@@ -129,7 +144,7 @@ def test_page_renders_in_chromium(app_url, browser, screenshot_folder, path, nam
             page.wait_for_function(HEATMAP_DRAWN, timeout=60_000)
         if proof in ("heatmap", "chart"):
             page.wait_for_function(CHART_DRAWN, timeout=60_000)
-        page.wait_for_function(RUN_FINISHED, timeout=60_000)
+        _wait_until_idle(page)
         assert page.locator('[data-testid="stException"]').count() == 0
         # Streamlit scrolls inside its main block: grow the window to the content instead.
         height = page.evaluate(CONTENT_HEIGHT)

@@ -67,6 +67,22 @@ def load_trace(key: TraceKey, with_values: bool = True) -> Trace:
 
 
 # ----------------------------------------------------------------- trace explorer
+@st.cache_data(max_entries=16, show_spinner=False)
+def showcase_head(key: TraceKey) -> tuple[int, int]:
+    """The (layer, query head) whose heavy hitters stand out most: the largest share of
+    accumulated attention held by its top 10% of tokens, token 0 (the sink) left out.
+    The pages open on it."""
+    trace = load_trace(key)
+    best, choice = -1.0, (int(trace.layers[0]), 0)
+    for layer in trace.layers.tolist():
+        for head in range(trace.num_heads):
+            scores = analysis.accumulated_attention(trace.head_matrix(layer, head))
+            share = analysis.top_share(scores[1:], 0.1) if scores.size > 1 else 0.0
+            if share > best:
+                best, choice = share, (int(layer), head)
+    return choice
+
+
 @st.cache_data(max_entries=64, show_spinner=False)
 def head_summary(key: TraceKey, layer: int, head: int, per_row: bool) -> dict[str, Any]:
     """Section 3 statistics of one query head and its accumulated-attention scores."""

@@ -20,7 +20,7 @@ import streamlit as st
 
 from h2oapp import cached
 from h2osim.files import atomic_write
-from h2osim.policies import policy_class
+from h2osim.policies import policy_class, policy_names
 from h2osim.replay import GQA_MODES, OBSERVATIONS, PROMPT_MODES, ReplayConfig
 from h2osim.trace import Trace
 
@@ -144,6 +144,19 @@ def policy_label(name: str) -> str:
     cls = policy_class(name)
     label = f"{name} - {cls.summary}" if cls.summary else name
     return label if cls.online else f"{label} [offline oracle]"
+
+
+def policy_short_label(name: str) -> str:
+    """``"h2o"``, or ``"opt (offline)"`` for clairvoyant policies: short enough for chips."""
+    return name if policy_class(name).online else f"{name} (offline)"
+
+
+def policy_glossary() -> None:
+    """An expander listing every registered policy and what it does (from the registry)."""
+    with st.expander("What the policies do"):
+        rows = [f"| `{name}` | {'online' if policy_class(name).online else 'offline oracle'} | "
+                f"{policy_class(name).summary} |" for name in policy_names()]  # fmt: skip
+        st.markdown("| policy | kind | what it keeps |\n|---|---|---|\n" + "\n".join(rows))
 
 
 def policy_parameters(name: str, prefix: str) -> cached.Params:

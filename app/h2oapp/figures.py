@@ -39,7 +39,8 @@ STATE_COLOURS = {
 }
 POLICY_COLOURS = ("#1b9e77", "#7b3294", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666",
                   "#1f78b4", "#b2df8a", "#fb9a99", "#cab2d6", "#ff7f00")  # fmt: skip
-MAX_HEATMAP_PIXELS = 640  # longer traces are max-pooled so one-token stripes stay visible
+MAX_HEATMAP_PIXELS = 400  # about the drawn size: longer traces are max-pooled in blocks so
+# a one-token heavy-hitter stripe stays visible instead of falling between screen pixels
 
 
 def _q(field: str, title: str | None = None, **extra: Any) -> dict[str, Any]:
@@ -152,8 +153,8 @@ def power_law_chart(
     })  # fmt: skip
     top = max(2, order.size // 2)
     fit = [{"rank": 1, "score": 10**intercept}, {"rank": top, "score": 10**intercept * top**slope}]
-    x = _q("rank", "rank (by accumulated attention)", scale={"type": "log"})
-    y = _q("score", "accumulated attention", scale={"type": "log"})
+    x = _q("rank", "rank (by accumulated attention)", scale={"type": "log", "nice": False})
+    y = _q("score", "accumulated attention", scale={"type": "log", "nice": False})
     tooltip = [_q("rank"), _n("token"), _q("position"), _q("score", format=".4g")]
     return {
         "title": f"power law? fitted slope {slope:.2f} (dashed line)",
@@ -328,12 +329,12 @@ def race_chart(
     })  # fmt: skip
     policies = list(dict.fromkeys(data["policy"]))
     counts = data.groupby("policy")["budget"].transform("count")
-    x = _q("budget", "budget (fraction of the sequence kept per cache unit)")
+    x = _q("budget", "budget (share of the sequence kept)")
     tooltip = [_n("policy"), _q("budget", format=".2f"), _q("k"), _q(label, format=".4f")]
     colour = _policy_colour(policies)
     layers: list[Spec] = [
         {"data": {"name": "curves"}, "mark": {"type": "line", "point": True},
-         "encoding": {"x": x, "y": _q(label, scale={"zero": False}), "color": colour, "tooltip": tooltip}},
+         "encoding": {"x": x, "y": _q(label, label, scale={"zero": False}), "color": colour, "tooltip": tooltip}},
         {"data": {"name": "flat"}, "mark": {"type": "rule", "strokeDash": [5, 3]},
          "encoding": {"y": _q(label), "color": colour, "tooltip": tooltip}},
     ]  # fmt: skip
@@ -346,7 +347,7 @@ def race_chart(
             datasets["gap"] = gap
             layers.insert(0, {
                 "data": {"name": "gap"}, "mark": {"type": "area", "color": "#f28e2b", "opacity": 0.25},
-                "encoding": {"x": x, "y": _q("policy value"), "y2": {"field": "optimum value"},
+                "encoding": {"x": x, "y": _q("policy value", label), "y2": {"field": "optimum value"},
                              "tooltip": [_q("budget", format=".2f"),
                                          _q("policy value", shade, format=".4f"),
                                          _q("optimum value", optimum, format=".4f")]},

@@ -91,10 +91,13 @@ for column, (label, result) in zip(summary_columns, results.items(), strict=True
                     "to measure it (needs value vectors in the trace).")  # fmt: skip
 
 unit_labels = next(iter(results.values())).unit_labels
-middle_layer = trace.layers[len(trace.layers) // 2]  # middle layers show the patterns best
-default("dyn_unit", next(i for i, label in enumerate(unit_labels) if label[0] == middle_layer))
-if st.session_state["dyn_unit"] >= len(unit_labels):
-    st.session_state["dyn_unit"] = 0
+if st.session_state.get("dyn_for_trace") != (key[0], options) or st.session_state.get(
+    "dyn_unit", len(unit_labels)
+) >= len(unit_labels):  # a new trace or unit layout: open on the showcase head's cache unit
+    layer, head = cached.showcase_head(key)
+    wanted = (layer, head if options[0] == "per-head" else int(trace.head_map[head]))
+    st.session_state["dyn_unit"] = unit_labels.index(wanted)
+    st.session_state["dyn_for_trace"] = (key[0], options)
 unit = st.selectbox(
     "Cache unit to watch", list(range(len(unit_labels))), key="dyn_unit",
     format_func=lambda index: unit_name(unit_labels[index], options),

@@ -5,7 +5,14 @@ import importlib.util
 import pandas as pd
 import streamlit as st
 from h2oapp import figures, live_runs
-from h2oapp.controls import PAPER, default, page_intro, policy_label, policy_parameters
+from h2oapp.controls import (
+    PAPER,
+    default,
+    page_intro,
+    policy_glossary,
+    policy_parameters,
+    policy_short_label,
+)
 
 from h2osim.policies import policy_names
 
@@ -56,6 +63,7 @@ if importlib.util.find_spec("h2osim.live") is None:
     st.stop()
 
 st.caption(f"Model file: `{model_file}`")
+policy_glossary()
 online = [name for name in policy_names(online=True) if name != "full"]
 default("live_policies", [name for name in ("h2o", "window", "sink") if name in online])
 default("live_budget", 0.25)
@@ -69,7 +77,7 @@ with st.form("live_form"):
     columns = st.columns([2, 1, 1])
     chosen = columns[0].multiselect(
         "Policies (online only: a real cache cannot see the future)", online,
-        format_func=policy_label, key="live_policies",
+        format_func=policy_short_label, key="live_policies",
     )  # fmt: skip
     budget = columns[1].slider(
         "Budget: share of the sequence per cache unit", 0.05, 1.0, step=0.05, key="live_budget"

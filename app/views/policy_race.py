@@ -7,8 +7,9 @@ from h2oapp.controls import (
     PAPER,
     default,
     page_intro,
-    policy_label,
+    policy_glossary,
     policy_parameters,
+    policy_short_label,
     replay_options,
     trace_picker,
 )
@@ -17,7 +18,19 @@ from h2osim.policies import policy_names
 from h2osim.replay import resolve_budget
 
 OPTIMUM = "opt"  # the exact offline optimum of permanent eviction, when registered
-BUDGET_GRID = [round(0.05 * i, 2) for i in range(1, 21)]  # cached replays reuse grid points
+BUDGET_GRID = [
+    0.05,
+    0.1,
+    0.15,
+    0.2,
+    0.25,
+    0.3,
+    0.4,
+    0.5,
+    0.6,
+    0.8,
+    1.0,
+]  # replays are cached per point
 METRICS = {
     "retained_mass": "retained mass",
     "retained_mass_decode": "retained mass (decode steps)",
@@ -34,7 +47,7 @@ at several budgets and plots the mean **retained attention mass** (higher is bet
 the **attention-output error** (lower is better): the cache world's miss-ratio curve.
 [H2O]({PAPER}) **Section 4** argues that greedily keeping heavy hitters plus recent tokens
 loses little; its **Section 5** measures the same on downstream tasks. Offline oracles
-(marked *offline oracle*) see the whole future: `{OPTIMUM}`, the best any permanent-eviction
+(marked *offline*) see the whole future: `{OPTIMUM}`, the best any permanent-eviction
 policy can do, is the bar the online policies race against; the shaded band is the gap.""",
 )
 
@@ -50,13 +63,14 @@ default(
 )
 default("race_budgets", [0.1, 0.2, 0.3, 0.5])
 
-columns = st.columns([1, 1])
-chosen = columns[0].multiselect(
-    "Policies", names, format_func=policy_label, key="race_policies",
+chosen = st.multiselect(
+    "Policies", names, format_func=policy_short_label, key="race_policies",
     help="Every registered policy; offline oracles know the whole trace in advance.",
 )  # fmt: skip
+policy_glossary()
+columns = st.columns([3, 1])
 budgets = sorted(
-    columns[1].pills(
+    columns[0].pills(
         "Budgets (share of the sequence kept per cache unit)",
         BUDGET_GRID,
         selection_mode="multi",
@@ -142,16 +156,8 @@ right.vega_lite_chart(
 )
 
 table = pd.DataFrame(records)
-shown = [
-    "policy",
-    "description",
-    "online",
-    "budget_requested",
-    "budget",
-    *METRICS,
-    "gap_to_opt",
-    "seconds",
-]
+shown = ["policy", "budget_requested", "budget", "gap_to_opt", *METRICS, "description", "online",
+         "seconds"]  # fmt: skip
 table = table[[column for column in shown if column in table]].dropna(axis=1, how="all")
 st.dataframe(table, hide_index=True, width="stretch", key="race_table")
 st.download_button(

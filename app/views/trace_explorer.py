@@ -32,14 +32,11 @@ if trace.metadata.get("model") == "synthetic":
     )
 
 layers = trace.layers.tolist()
-default("te_layer", layers[len(layers) // 2])  # middle layers show the patterns best
-default("te_head", 0)
+if st.session_state.get("te_for_trace") != key[0]:  # a new trace: open on its showcase head
+    st.session_state["te_layer"], st.session_state["te_head"] = cached.showcase_head(key)
+    st.session_state["te_for_trace"] = key[0]
 default("te_scale", "log")
 default("te_score", "sum")
-if st.session_state["te_layer"] not in layers:
-    st.session_state["te_layer"] = layers[len(layers) // 2]
-if st.session_state["te_head"] >= trace.num_heads:
-    st.session_state["te_head"] = 0
 columns = st.columns(4)
 layer = columns[0].selectbox("Layer", layers, key="te_layer")
 head = columns[1].selectbox(
@@ -81,10 +78,11 @@ metrics[3].metric(
     help="Slope of log(score) vs log(rank) over the top half of the tokens.",
 )  # fmt: skip
 
-left, right = st.columns([1.1, 1])
+left, right = st.columns([1.25, 1])
 with left:
     st.vega_lite_chart(spec=cached.heatmap_spec(key, layer, head, log_scale), width="stretch")
     st.caption(
+        "The page opens on the head whose heavy hitters stand out most. "
         f"n = {trace.n} tokens; rows below the dashed line (if any) are decoding steps "
         f"after the {trace.prompt_length}-token prompt. Blank upper triangle: a query cannot "
         "attend to future tokens."
