@@ -223,6 +223,35 @@ def solve_lp(weights: np.ndarray, counts: np.ndarray) -> Schedule:
     return _schedule(weights, _evicted_from_occupancy(cached), counts)
 
 
+def solve_transport_lp(weights: np.ndarray, counts: np.ndarray) -> Schedule:
+    """The assignment formulation as an LP, solved by HiGHS: x[t, j] in [0, 1] for each
+    eviction step t and older token j, sum_j x[t, j] = counts[t], sum_t x[t, j] <= 1,
+    minimise sum F[t, j] x[t, j]. A transportation polytope: HiGHS's vertex is integral."""
+    from scipy.optimize import linprog
+    from scipy.sparse import coo_matrix
+
+    weights = _check_weights(weights, counts)
+    n = len(counts)
+    evicted_at = np.full(n, -1, dtype=np.int64)
+    steps = np.flatnonzero(counts)
+    if len(steps):
+        step_index, tokens = np.nonzero(np.arange(n)[None, :] < steps[:, None])  # x variables
+        variables = np.arange(len(tokens))
+        per_step = coo_matrix((np.ones(len(tokens)), (step_index, variables)),
+                              shape=(len(steps), len(tokens)))  # fmt: skip
+        per_token = coo_matrix((np.ones(len(tokens)), (tokens, variables)), shape=(n, len(tokens)))
+        result = linprog(future_mass(weights)[steps[step_index], tokens],
+                         A_ub=per_token.tocsr(), b_ub=np.ones(n), A_eq=per_step.tocsr(),
+                         b_eq=counts[steps].astype(np.float64), bounds=(0, 1), method="highs")  # fmt: skip
+        if result.status != 0:
+            raise RuntimeError(f"HiGHS did not solve the assignment LP: {result.message}")
+        if np.max(np.abs(result.x - np.round(result.x))) > 1e-6:
+            raise RuntimeError("HiGHS returned a fractional vertex; the LP should be integral")
+        chosen = np.round(result.x) > 0.5
+        evicted_at[tokens[chosen]] = steps[step_index[chosen]]
+    return _schedule(weights, evicted_at, counts)
+
+
 def _evicted_from_occupancy(cached: np.ndarray) -> np.ndarray:
     """First step t > j at which token j is no longer cached, -1 if it stays."""
     n = cached.shape[0]
@@ -397,6 +426,7 @@ Solver = Callable[[np.ndarray, np.ndarray], Schedule]
 SOLVERS: dict[str, Solver] = {
     "assignment": solve_assignment,
     "lp": solve_lp,
+    "transport-lp": solve_transport_lp,
     "flow": solve_min_cost_flow,
     "brute": solve_brute_force,
 }

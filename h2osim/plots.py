@@ -17,12 +17,18 @@ from h2osim.files import save_figure  # noqa: E402
 
 
 def retained_mass_figure(results: Sequence[Any], title: str = "") -> Figure:
-    """Mean retained attention mass per step (over units) for each replay result."""
+    """Mean retained attention mass per step (over units) for each replay result; with an
+    ``opt`` result, each curve's gap to opt is shaded (the topk bound is dashed)."""
     figure, axis = plt.subplots(figsize=(8, 4.5), layout="constrained")
+    optimum = next((r.retained_mass.mean(axis=1) for r in results if r.policy == "opt"), None)
     for result in results:
-        axis.plot(
-            result.retained_mass.mean(axis=1), label=f"{result.policy} (k={result.budget})", lw=1.2
-        )
+        curve = result.retained_mass.mean(axis=1)
+        (line,) = axis.plot(curve, label=f"{result.policy} (k={result.budget})", lw=1.2,
+                            ls="--" if result.policy == "topk" else "-")  # fmt: skip
+        if optimum is not None and result.policy != "opt" and len(curve) == len(optimum):
+            # Shade the gap to opt (above opt for the topk bound: unreachable headroom).
+            axis.fill_between(np.arange(len(curve)), curve, optimum, color=line.get_color(),
+                              alpha=0.12, lw=0)  # fmt: skip
     if results:
         axis.axvline(
             results[0].prompt_length - 0.5, color="grey", ls=":", lw=1, label="end of prompt"
@@ -38,7 +44,8 @@ def retained_mass_figure(results: Sequence[Any], title: str = "") -> Figure:
 
 def budget_curves_figure(records: Sequence[dict[str, Any]], title: str = "",
                          metric: str = "retained_mass") -> Figure:  # fmt: skip
-    """Metric vs budget fraction per policy (the cache world's miss-ratio curve)."""
+    """Metric vs budget fraction per policy (the cache world's miss-ratio curve); with opt
+    among the policies, each curve's gap to opt is shaded."""
     figure, axis = plt.subplots(figsize=(8, 4.5), layout="constrained")
     by_policy: dict[str, list[tuple[float, float]]] = {}
     for record in records:
@@ -46,13 +53,18 @@ def budget_curves_figure(records: Sequence[dict[str, Any]], title: str = "",
             by_policy.setdefault(record["policy"], []).append(
                 (record["budget_fraction"], record[metric])
             )
+    optimum = dict(sorted(by_policy.get("opt", [])))
     for policy, points in sorted(by_policy.items()):
         points.sort()
         xs, ys = zip(*points, strict=True)
         if len(points) == 1:
             axis.axhline(ys[0], ls="--", color="black", lw=1, label=policy)
         else:
-            axis.plot(xs, ys, marker="o", ms=3, label=policy)
+            (line,) = axis.plot(xs, ys, marker="o", ms=3, label=policy)
+            if optimum and policy != "opt" and all(x in optimum for x in xs):
+                # Shade the gap to opt at each budget.
+                axis.fill_between(xs, ys, [optimum[x] for x in xs], color=line.get_color(),
+                                  alpha=0.12, lw=0)  # fmt: skip
     axis.set_xlabel("budget (fraction of the sequence)")
     axis.set_ylabel(metric.replace("_", " "))
     axis.set_title(title or f"{metric.replace('_', ' ')} vs budget")

@@ -366,7 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     parser.add_argument("trace", help="trace file (.npz, format v1; see docs/trace-format.md)")
     parser.add_argument("--policy", action="append", metavar="NAME",
-                        help=f"policy to replay, repeatable, or 'all' (default: h2o). One of: {', '.join(names)}")  # fmt: skip
+                        help=f"policy to replay, repeatable, or 'all' (default: h2o). One of: {', '.join(names)}. "
+                        "With opt, the table adds the topk bound and each policy's gap to opt")  # fmt: skip
     parser.add_argument("--budget", default="0.2",
                         help="tokens per cache unit: a fraction in (0, 1] or a count > 1 (default 0.2)")  # fmt: skip
     parser.add_argument("--budget-of", choices=BUDGET_BASES, default="sequence",
@@ -391,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--plot",
         metavar="PNG",
-        help="plot retained mass over steps (or budget curves with --sweep)",
+        help="plot retained mass over steps (or budget curves with --sweep); with opt, the gap to opt is shaded",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     group = parser.add_argument_group(
@@ -481,6 +482,7 @@ def run(args: argparse.Namespace) -> int:
     policies = _selected_policies(args)
     progress = not args.no_progress
     print(f"trace {args.trace}: {trace.describe()}")
+    bound_records: list[dict[str, Any]] = []  # the topk bound (with opt): not a policy
     if args.sweep:
         budgets = parse_sweep(args.sweep)
         for budget in budgets:
@@ -488,16 +490,28 @@ def run(args: argparse.Namespace) -> int:
         records = sweep(
             trace, policies, budgets, budget_of=args.budget_of, config=config, progress=progress
         )
-        _print_sweep(records, budgets)
+        if any(record["policy"] == "opt" for record in records):
+            from h2osim.policies.topk import topk_bound
+
+            for budget in budgets:
+                bound = topk_bound(trace, budget, budget_of=args.budget_of, config=config)
+                bound_records.append({**bound.record(), "budget_requested": float(budget)})
+        add_gap_to_opt(records + bound_records)
+        _print_sweep(records + bound_records, budgets)
         if args.plot:
             from h2osim.plots import plot_budget_curves
 
-            plot_budget_curves(records, args.plot, title=Path(args.trace).name)
+            plot_budget_curves(records + bound_records, args.plot, title=Path(args.trace).name)
     else:
         results = []
         for policy in policies:
             results.append(replay(trace, policy, args.budget, budget_of=args.budget_of,
                                   config=config, progress=progress))  # fmt: skip
+        bound = None  # with opt: the topk bound, shown unranked (it is not a policy)
+        if any(result.policy == "opt" for result in results):
+            from h2osim.policies.topk import topk_bound
+
+            bound = topk_bound(trace, args.budget, budget_of=args.budget_of, config=config)
         # Policies that attend the prompt in full score 1 on every prompt row; when modes
         # differ, only the decode rows compare like with like.
         mixed_modes = len({result.config.prompt_mode for result in results}) > 1
@@ -505,21 +519,46 @@ def run(args: argparse.Namespace) -> int:
         results.sort(key=lambda result: -result.summary[rank_by])
         records = [{"rank": i + 1, **result.record()} for i, result in enumerate(results)]
         columns = [c for c in RESULT_COLUMNS if c[0] != "output_error" or trace.has_values]
+        bound_records = [] if bound is None else [{"rank": None, **bound.record()}]
+        if add_gap_to_opt(records + bound_records):
+            columns.insert(columns.index(("worst_unit_mass", "worst unit", ".4f")),
+                           ("gap_to_opt", "gap to opt", ".4f"))  # fmt: skip
         if mixed_modes:
             columns.insert(3, ("prompt_mode", "prompt", "s"))
-        print(format_table(records, columns))
+        print(format_table(bound_records + records, columns))
         if mixed_modes:
             print("ranked by mass(decode): some policies attend the prompt in full (prompt = full)")
+        if bound is not None:
+            print("topk: per-step upper bound (best tokens of each row, re-admission allowed), "
+                  "not a policy; gap to opt = opt's retained mass minus the row's")  # fmt: skip
         if args.plot:
             from h2osim.plots import plot_retained_mass
 
-            plot_retained_mass(results, args.plot, title=Path(args.trace).name)
+            shown = results if bound is None else [bound, *results]
+            plot_retained_mass(shown, args.plot, title=Path(args.trace).name)
     if args.json:
-        _write_output(args.json, json.dumps({"trace": str(args.trace), "config": vars(config),
-                                             "results": records}, indent=2))  # fmt: skip
+        payload = {"trace": str(args.trace), "config": vars(config), "results": records}
+        if bound_records:
+            payload["bound"] = bound_records
+        _write_output(args.json, json.dumps(payload, indent=2))
     if args.csv:
         _write_output(args.csv, _csv_text(records))
     return 0
+
+
+def add_gap_to_opt(records: list[dict[str, Any]]) -> bool:
+    """Give every record ``gap_to_opt``: opt's retained mass minus its own, when opt was
+    replayed at the same budget and prompt mode (else None; negative for the topk bound).
+    Without opt, records are left alone and it returns False. Example: opt 0.91, h2o
+    0.87 -> gap 0.04."""
+    optimum = {(r["budget"], r["prompt_mode"]): r["retained_mass"]
+               for r in records if r["policy"] == "opt"}  # fmt: skip
+    if not optimum:
+        return False
+    for record in records:
+        best = optimum.get((record["budget"], record["prompt_mode"]))
+        record["gap_to_opt"] = None if best is None else best - record["retained_mass"]
+    return True
 
 
 def _print_sweep(records: list[dict[str, Any]], budgets: Sequence[float]) -> None:
@@ -542,6 +581,16 @@ def _print_sweep(records: list[dict[str, Any]], budgets: Sequence[float]) -> Non
             rows, [("policy", "policy", "s")] + [(str(b), f"{b:g}", ".4f") for b in budgets]
         )
     )
+    if any(record.get("gap_to_opt") is not None for record in records):
+        gaps: dict[str, dict[float, Any]] = {}
+        for record in records:
+            gaps.setdefault(record["policy"], {})[record["budget_requested"]] = record["gap_to_opt"]
+        print(
+            "gap to opt (opt's retained mass minus the policy's; '-': other budget or prompt mode)"
+        )
+        print(format_table([{"policy": row["policy"], **{str(b): gaps[row["policy"]].get(b)
+                                                          for b in budgets}} for row in rows],
+                           [("policy", "policy", "s")] + [(str(b), f"{b:g}", ".4f") for b in budgets]))  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
