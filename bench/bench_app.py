@@ -73,6 +73,13 @@ def interactions(
     ]  # fmt: skip
     if output_error and trace.has_values:
         steps.append(("policy race", "second chart: output error", lambda at: at.radio(key="race_second").set_value("output_error")))  # fmt: skip
+    steps += [
+        ("theory lab", "open the page", lambda at: at.switch_page("views/theory_lab.py")),
+        ("theory lab", "budget k = 5", lambda at: at.slider(key="th_k").set_value(5)),
+        ("theory lab", "set function: output fidelity", lambda at: at.selectbox(key="th_family").set_value("output-fidelity")),
+        ("theory lab", "elements n = 14", lambda at: at.slider(key="th_size").set_value(14)),
+        ("theory lab", "dynamic bound at budget 0.3", lambda at: at.slider(key="th_budget").set_value(0.3)),
+    ]  # fmt: skip
     steps.append(("trace explorer", "back to page 1 (cached)", lambda at: at.switch_page("views/trace_explorer.py")))  # fmt: skip
     return steps
 
@@ -84,6 +91,8 @@ def replay_jobs(app: AppTest, page: str) -> set[tuple]:
         error = state["dyn_output_error"]
         return {(state["dyn_policy_a"], state["dyn_budget"], error),
                 (state["dyn_policy_b"], state["dyn_budget"], error)}  # fmt: skip
+    if page == "theory lab":
+        return {("bound report", state["th_policy"], state["th_budget"])}  # replays inside
     if page == "policy race":
         error = state["race_second"] == "output_error"
         return {(policy, budget, error) for policy in state["race_policies"]

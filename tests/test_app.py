@@ -208,12 +208,36 @@ def test_policy_race_without_choices_asks_for_them(app):
 
 
 # ----------------------------------------------------------------- pages 4 and 5
-def test_theory_lab_states_its_content_honestly(app):
+def test_theory_lab_greedy_vs_optimum(app):
     open_page(app, THEORY_LAB)
     assert app.title[0].value == "Theory lab"
     assert "Appendix D" in app.markdown[0].value
-    status = [element.value for element in [*app.warning, *app.info]]
-    assert any("theory" in text for text in status)
+    assert [m.label for m in app.metric][:4] == ["Greedy f(S_k)", "Optimum OPT_k", "Greedy / optimum",
+                                                 "(1 - 1/e) OPT_k"]  # fmt: skip
+    assert "diminishing returns hold" in app.success[0].value
+    ratio = float(app.metric[2].value)
+    assert 1 - 1 / 2.718281828 <= ratio <= 1  # Nemhauser on a submodular instance
+    values_before = metric_values(app)[:4]
+    app.slider(key="th_k").set_value(5).run()
+    assert metric_values(app)[:4] != values_before
+    app.selectbox(key="th_family").set_value("output-fidelity").run()
+    assert any("Not submodular" in element.value for element in app.error)
+    assert not app.exception
+
+
+def test_theory_lab_dynamic_bound_and_counterexamples(app):
+    open_page(app, THEORY_LAB)
+    labels = [m.label for m in app.metric]
+    assert labels[4:] == ["Steps x units checked", "Violations", "Mean f(S_i) / opt_i", "Mean α"]
+    assert app.metric[5].value == "0"  # the bound holds at every step of every unit
+    gallery = app.dataframe[-1].value  # the counterexample gallery
+    assert len(gallery) == 6
+    assert (gallery["verdict"] == "NOT submodular").sum() == 2
+    bound_before = metric_values(app)[4:]
+    charts_before = charts(app)
+    app.slider(key="th_budget").set_value(0.5).run()
+    assert metric_values(app)[4:] != bound_before and charts(app) != charts_before
+    assert not app.exception
 
 
 def test_live_lab_without_the_model_says_how_to_install(app, monkeypatch):

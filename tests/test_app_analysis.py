@@ -101,6 +101,18 @@ def test_charts_build_valid_vega_lite_specs():
         figures.attention_heatmap(np.tril(rng.random((30, 30))), 30, log_scale=False),
         figures.retained_mass_chart(curves, 12, 20, "title"),
         figures.eviction_times_chart(evicted, tokens, 12),
+        figures.greedy_chart([0.0, 1.0, 1.5], [0.0, 1.0, 1.8]),
+        figures.bound_chart(
+            {
+                "ratio_mean": rng.random(30),
+                "ratio_min": rng.random(30),
+                "ratio_max": rng.random(30),
+                "bound_mean": rng.random(30),
+                "prompt_length": 20,
+            }
+        ),
+        figures.alpha_beta_chart({"alpha_mean": rng.random(30), "beta_mean": rng.random(30)}),
+        figures.running_perplexity_chart({"full": -rng.random(30), "h2o": -rng.random(30)}, 8),
         figures.race_chart(records, "retained_mass", "retained mass", shade="h2o"),
     ]
     for spec in specs:

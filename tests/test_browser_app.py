@@ -31,7 +31,7 @@ PAGES = [  # (url path, screenshot name, what proves it rendered)
     ("", "trace-explorer", "heatmap"),
     ("eviction_dynamics", "eviction-dynamics", "chart"),
     ("policy_race", "policy-race", "chart"),
-    ("theory_lab", "theory-lab", "text"),
+    ("theory_lab", "theory-lab", "chart"),
     ("live_lab", "live-lab", "text"),
 ]
 # The heatmap is a PNG inside a Vega-Lite image mark: an <image> in the chart's SVG.

@@ -425,3 +425,86 @@ def running_perplexity_chart(logprobs: Mapping[str, np.ndarray], budget: int) ->
              "encoding": {"x": _q("step"), "tooltip": [_n("label")]}},
         ],
     }  # fmt: skip
+
+
+# ----------------------------------------------------------------- theory lab
+ONE_MINUS_INV_E = 1.0 - float(np.exp(-1.0))  # Nemhauser's (1 - 1/e) = 0.632...
+
+
+def greedy_chart(greedy_values: Sequence[float], optimal_values: Sequence[float]) -> Spec:
+    """Greedy's value after t picks, the exact optimum with t elements, and (1 - 1/e) of it."""
+    rows = []
+    for t, (value, best) in enumerate(zip(greedy_values, optimal_values, strict=True)):
+        rows += [{"budget": t, "value": value, "curve": "greedy f(S_t)"},
+                 {"budget": t, "value": best, "curve": "optimum OPT_t (brute force)"},
+                 {"budget": t, "value": ONE_MINUS_INV_E * best, "curve": "(1 - 1/e) OPT_t"}]  # fmt: skip
+    curves = ["greedy f(S_t)", "optimum OPT_t (brute force)", "(1 - 1/e) OPT_t"]
+    return {
+        "title": "greedy vs the optimum, budget by budget",
+        "height": 300,
+        "datasets": {"curves": rows},
+        "layer": [{
+            "data": {"name": "curves"}, "mark": {"type": "line", "point": True},
+            "encoding": {
+                "x": _q("budget", "budget t (elements picked)", axis={"tickMinStep": 1}),
+                "y": _q("value", "f"),
+                "color": _n("curve", scale={"domain": curves, "range": ["#1b9e77", "#333333", "#d62728"]},
+                            legend={"orient": "bottom", "title": None}),
+                "strokeDash": _n("curve", scale={"domain": curves, "range": [[1, 0], [1, 0], [5, 3]]},
+                                 legend=None),
+                "tooltip": [_n("curve"), _q("budget"), _q("value", format=".4f")],
+            },
+        }],
+    }  # fmt: skip
+
+
+def bound_chart(bound: Mapping[str, Any]) -> Spec:
+    """The dynamic bound on a trace, as shares of the per-step optimum opt_i."""
+    n = len(bound["ratio_mean"])
+    data = pd.DataFrame({
+        "step": np.arange(n), "low": bound["ratio_min"], "high": bound["ratio_max"],
+        "held f(S_i) / opt_i (mean over units)": bound["ratio_mean"],
+        "bound / opt_i (mean over units)": bound["bound_mean"],
+    })  # fmt: skip
+    lines = data.melt(id_vars=["step"], value_vars=["held f(S_i) / opt_i (mean over units)",
+                                                    "bound / opt_i (mean over units)"],
+                      var_name="curve", value_name="share of opt_i")  # fmt: skip
+    prompt_data, prompt_layers = _prompt_rule(bound["prompt_length"], n)
+    return {
+        "title": "dynamic bound: what greedy eviction holds vs the guarantee",
+        "height": 320,
+        "datasets": {"band": data, "lines": lines, "nemhauser": [{"y": ONE_MINUS_INV_E, "label": "1 - 1/e"}],
+                     **prompt_data},
+        "layer": [
+            {"data": {"name": "band"}, "mark": {"type": "area", "color": "#1b9e77", "opacity": 0.2},
+             "encoding": {"x": _q("step", "step i"), "y": _q("low", "share of opt_i", scale={"domain": [0, 1.02]}),
+                          "y2": {"field": "high"}, "tooltip": [_q("step"), _q("low", format=".3f"), _q("high", format=".3f")]}},
+            {"data": {"name": "lines"}, "mark": {"type": "line", "strokeWidth": 1.4},
+             "encoding": {"x": _q("step"), "y": _q("share of opt_i"),
+                          "color": _n("curve", scale={"range": ["#d62728", "#1b9e77"]},
+                                      legend={"orient": "bottom", "title": None}),
+                          "tooltip": [_n("curve"), _q("step"), _q("share of opt_i", format=".3f")]}},
+            {"data": {"name": "nemhauser"}, "mark": {"type": "rule", "color": "grey", "strokeDash": [5, 3]},
+             "encoding": {"y": _q("y"), "tooltip": [_n("label")]}},
+            *prompt_layers,
+        ],
+    }  # fmt: skip
+
+
+def alpha_beta_chart(bound: Mapping[str, Any]) -> Spec:
+    """The measured alpha (drift) and beta / opt (score error) of the dynamic bound."""
+    n = len(bound["alpha_mean"])
+    data = pd.DataFrame(
+        {"step": np.arange(n), "alpha": bound["alpha_mean"], "beta / opt": bound["beta_mean"]}
+    )
+    data = data.melt(id_vars=["step"], var_name="quantity", value_name="mean over units")
+    return {
+        "title": "measured alpha and beta / opt",
+        "height": 220,
+        "datasets": {"ab": data},
+        "layer": [{"data": {"name": "ab"}, "mark": {"type": "line", "strokeWidth": 1.2},
+                   "encoding": {"x": _q("step", "step i"), "y": _q("mean over units"),
+                                "color": _n("quantity", scale={"range": ["#f28e2b", "#7b3294"]},
+                                            legend={"orient": "bottom", "title": None}),
+                                "tooltip": [_n("quantity"), _q("step"), _q("mean over units", format=".3f")]}}],
+    }  # fmt: skip
