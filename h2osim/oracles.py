@@ -16,11 +16,11 @@ j < t, and every such assignment is a schedule the engine accepts, so
 
     OPT = total mass - min-cost assignment of slots to tokens         (solve_assignment)
 
-Cross-checks that share none of that reduction's code: the occupancy LP straight from
-the engine's rules (y[t, j] = 1 when j is cached at row t; HiGHS, integral because the
-constraint matrix is a unimodular image of a transportation matrix), the same
-assignment as a min-cost flow (networkx network simplex on integer-scaled costs), and
-brute force over every schedule on tiny n.
+Cross-checks: the occupancy LP straight from the engine's rules, sharing none of the
+reduction (y[t, j] = 1 when j is cached at row t; HiGHS, integral because the
+constraint matrix is a unimodular image of a transportation matrix); brute force over
+every schedule on tiny n, also reduction-free; and the same assignment as an LP (HiGHS)
+and as a min-cost flow (networkx network simplex on integer-scaled costs).
 
 Simplifications: one unit at a time (units are independent); costs in float64 from the
 float32 trace. ``linear_sum_assignment`` is exact on those floats; on float32 attention
