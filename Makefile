@@ -2,7 +2,7 @@
 #   make demo   set everything up, then replay a shipped trace through every policy
 #   make test   set everything up, then lint and run the test suite
 PY := .venv/bin/python
-DEMO_TRACE ?= traces/synthetic-demo.npz
+DEMO_TRACE ?= traces/smollm2-pydoc.npz
 
 .PHONY: setup demo test lint format bench
 setup:
