@@ -45,6 +45,8 @@ def reference_replay(trace, policy, budget, *, budget_of="sequence", config=None
             prompt_length=prompt,
             unit_labels=layout.labels,
             unit_matrix=None if policy.online else layout.matrix,
+            unit_weights=None if policy.online else layout.weights,
+            prompt_mode=config.prompt_mode,
         )
     )
     caches = [[] for _ in range(units)]
