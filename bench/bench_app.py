@@ -60,7 +60,7 @@ def interactions(
         ("eviction dynamics", "change budget to 0.3", lambda at: at.slider(key="dyn_budget").set_value(0.3)),
         ("eviction dynamics", "right policy: sink", lambda at: at.selectbox(key="dyn_policy_b").set_value("sink")),
         ("eviction dynamics", "watch another cache unit", next_unit),
-        ("eviction dynamics", "budget back to 0.2 (cached)", lambda at: at.slider(key="dyn_budget").set_value(0.2)),
+        ("eviction dynamics", "budget back to 0.2", lambda at: at.slider(key="dyn_budget").set_value(0.2)),
     ]  # fmt: skip
     if output_error and trace.has_values:
         steps.append(("eviction dynamics", "measure output error", lambda at: at.checkbox(key="dyn_output_error").check()))  # fmt: skip

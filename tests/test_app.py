@@ -341,3 +341,13 @@ def test_pages_run_on_the_shipped_default_trace(monkeypatch):
     app.session_state["race_budgets"] = [0.2]
     app.switch_page(POLICY_RACE).run()
     assert not app.exception and len(app.dataframe[0].value) == 1
+
+
+def test_every_registered_policy_runs_on_the_dynamics_page(app):
+    """The pickers read the registry, so every policy, new ones included, must work here
+    (or say why not, without an exception)."""
+    open_page(app, EVICTION_DYNAMICS)
+    for name in policy_names():
+        app.selectbox(key="dyn_policy_b").set_value(name).run()
+        assert not app.exception, (name, app.exception)
+        assert app.error or len(charts(app)) == 3, name

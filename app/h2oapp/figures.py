@@ -449,7 +449,7 @@ def greedy_chart(greedy_values: Sequence[float], optimal_values: Sequence[float]
                 "x": _q("budget", "budget t (elements picked)", axis={"tickMinStep": 1}),
                 "y": _q("value", "f"),
                 "color": _n("curve", scale={"domain": curves, "range": ["#1b9e77", "#333333", "#d62728"]},
-                            legend={"orient": "bottom", "title": None}),
+                            legend={"orient": "bottom", "title": None, "labelLimit": 320}),
                 "strokeDash": _n("curve", scale={"domain": curves, "range": [[1, 0], [1, 0], [5, 3]]},
                                  legend=None),
                 "tooltip": [_n("curve"), _q("budget"), _q("value", format=".4f")],
@@ -482,7 +482,7 @@ def bound_chart(bound: Mapping[str, Any]) -> Spec:
             {"data": {"name": "lines"}, "mark": {"type": "line", "strokeWidth": 1.4},
              "encoding": {"x": _q("step"), "y": _q("share of opt_i"),
                           "color": _n("curve", scale={"range": ["#d62728", "#1b9e77"]},
-                                      legend={"orient": "bottom", "title": None}),
+                                      legend={"orient": "bottom", "title": None, "labelLimit": 320}),
                           "tooltip": [_n("curve"), _q("step"), _q("share of opt_i", format=".3f")]}},
             {"data": {"name": "nemhauser"}, "mark": {"type": "rule", "color": "grey", "strokeDash": [5, 3]},
              "encoding": {"y": _q("y"), "tooltip": [_n("label")]}},
@@ -500,7 +500,7 @@ def alpha_beta_chart(bound: Mapping[str, Any]) -> Spec:
     data = data.melt(id_vars=["step"], var_name="quantity", value_name="mean over units")
     return {
         "title": "measured alpha and beta / opt",
-        "height": 220,
+        "height": 300,
         "datasets": {"ab": data},
         "layer": [{"data": {"name": "ab"}, "mark": {"type": "line", "strokeWidth": 1.2},
                    "encoding": {"x": _q("step", "step i"), "y": _q("mean over units"),
