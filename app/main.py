@@ -13,6 +13,9 @@ if importlib.util.find_spec("h2osim") is None:
         "(it installs h2osim into .venv), then `.venv/bin/streamlit run app/main.py`."
     )
     st.stop()
+from h2osim.cli import limit_threads  # noqa: E402
+
+limit_threads()  # one BLAS thread: many small products per replay (see h2osim.cli)
 pages = [
     st.Page(
         "views/trace_explorer.py", title="Trace explorer", icon=":material/grid_on:", default=True

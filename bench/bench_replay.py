@@ -26,6 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from h2osim.cli import limit_threads  # noqa: E402
 from h2osim.policies import make_policy  # noqa: E402
 from h2osim.replay import replay  # noqa: E402
 from h2osim.synthetic import synthetic_trace  # noqa: E402
@@ -65,6 +66,7 @@ def main() -> None:
     parser.add_argument("--reference-n", type=int, default=0, help="default: --n")
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
+    limit_threads()  # as the CLIs run (H2OSIM_THREADS, default 1)
 
     print(
         f"building synthetic trace: {args.layers} layers x 9 heads (3 KV), n={args.n}", flush=True

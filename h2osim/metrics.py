@@ -34,17 +34,13 @@ SUMMARY_FIELDS = {
 }
 
 
-def step_metrics(
-    rows: np.ndarray, kept: np.ndarray, values: np.ndarray | None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
-    """Metrics of one step for every unit.
+def step_metrics(rows: np.ndarray, kept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Retained mass and significant-key hit rate of one step for every unit.
 
     ``rows`` is ``(units, G, t+1)`` float32 (a unit's G query heads), ``kept`` is
-    ``(units, t+1)`` float32 0/1, ``values`` is ``(units, t+1, d)`` or None. Rows need
-    not sum exactly to 1 (float16 storage): mass is a share of the row total and outputs
-    are normalised by it. Returns ``kept_mass (units, G)`` (attention summed over kept
-    tokens, per head) and per-unit means ``mass, hit_rate, output_error``.
-    Example: one head, row [0.5, 0.2, 0.3], kept [1, 0, 1] -> retained mass 0.8.
+    ``(units, t+1)`` float32 0/1. Rows need not sum exactly to 1 (float16 storage): mass
+    is a share of the row total. Returns per-unit means ``(mass, hit_rate)``.
+    Example: one head, row [0.5, 0.2, 0.3], kept [1, 0, 1] -> mass 0.8, hit rate 2/3.
     """
     row_total = rows.sum(axis=2)  # (units, G), 1 up to storage rounding
     kept_mass = np.matmul(rows, kept[:, :, None])[:, :, 0]  # (units, G)
@@ -54,15 +50,44 @@ def step_metrics(
     significant_total = np.count_nonzero(significant, axis=2)  # (units, G)
     significant_kept = np.count_nonzero(significant & (kept[:, None, :] > 0), axis=2)
     hit_rate = (significant_kept / np.maximum(significant_total, 1)).mean(axis=1)
-    output_error = None
-    if values is not None:
-        full_output = np.matmul(rows, values) / row_total[:, :, None]  # (units, G, d)
-        kept_output = np.matmul(rows * kept[:, None, :], values)
-        kept_output /= np.where(kept_mass > 0, kept_mass, 1.0)[:, :, None]
-        difference = np.linalg.norm(full_output - kept_output, axis=2)
-        scale = np.linalg.norm(full_output, axis=2)
-        output_error = (difference / np.maximum(scale, OUTPUT_NORM_FLOOR)).mean(axis=1)
-    return kept_mass, retained.mean(axis=1), hit_rate, output_error
+    return retained.mean(axis=1), hit_rate
+
+
+def kept_matrix(evicted_at: np.ndarray) -> np.ndarray:
+    """``(n, n)`` bool: entry [t, j] says token j was cached when row t was served.
+
+    ``evicted_at[j]`` is the step token j left (-1 = never). Example: evicted_at
+    [2, -1, -1] -> rows [[1, 0, 0], [1, 1, 0], [0, 1, 1]].
+    """
+    n = len(evicted_at)
+    step = np.arange(n)[:, None]  # (n, 1)
+    admitted = np.arange(n)[None, :] <= step
+    still_there = (evicted_at[None, :] < 0) | (evicted_at[None, :] > step)
+    return admitted & still_there
+
+
+def full_output(attention: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Full-cache attention output per row, ``(n, d)``: rows ``(n, n)`` normalised by their sums."""
+    total = attention.sum(axis=1, keepdims=True)
+    return (attention @ values) / np.where(total > 0, total, 1.0)
+
+
+def output_error(
+    attention: np.ndarray, values: np.ndarray, kept: np.ndarray, full: np.ndarray | None = None
+) -> np.ndarray:
+    """Relative L2 error of one query head's attention output at every row, ``(n,)``.
+
+    ``attention`` ``(n, n)`` lower-triangular rows, ``values`` ``(n, d)``, ``kept`` from
+    :func:`kept_matrix`; ``full`` (from :func:`full_output`) may be passed when cached.
+    The kept output renormalises each row over the kept tokens, as the model would.
+    Example: row [0.5, 0.2, 0.3], values [[1,0],[0,1],[1,1]], kept [1, 0, 1] -> 0.25.
+    """
+    full = full_output(attention, values) if full is None else full
+    masked = attention * kept  # (n, n)
+    kept_mass = masked.sum(axis=1, keepdims=True)
+    kept_out = (masked @ values) / np.where(kept_mass > 0, kept_mass, 1.0)
+    difference = np.linalg.norm(full - kept_out, axis=1)
+    return difference / np.maximum(np.linalg.norm(full, axis=1), OUTPUT_NORM_FLOOR)
 
 
 def summarize(

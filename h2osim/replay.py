@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from h2osim.metrics import step_metrics, summarize
+from h2osim.metrics import kept_matrix, output_error, step_metrics, summarize
 from h2osim.policies import Policy, ReplayContext, all_parameters, make_policy, policy_names
 from h2osim.trace import AGGREGATIONS, Trace
 
@@ -71,6 +71,7 @@ class ReplayConfig:
     prompt_mode: str = "stream"  # stream: prompt rows one by one; full: evict after prefill
     observation: str = "renormalized"  # what policies see: renormalized over kept | full row
     layers: tuple[int, ...] | None = None  # model layers to replay (None = all stored)
+    output_error: bool = True  # compute the attention-output error when values are stored
 
     def __post_init__(self) -> None:
         for value, choices, what in ((self.aggregation, GQA_MODES, "aggregation"),
@@ -112,14 +113,28 @@ class UnitLayout:
             block = block[:, self.head_order]
         return block.reshape(self.units, self.heads_per_unit, t + 1)
 
-    def values(self) -> np.ndarray | None:
-        """Value vectors per unit, ``(units, n, d)`` float32, or None without stored values."""
-        if not self.trace.has_values:
-            return None
-        stacked = np.stack([self.trace.values(layer) for layer in self.layers])  # (L, KVH, n, d)
-        if self.per_head:
-            stacked = stacked[:, self.trace.head_map]  # (L, H, n, d)
-        return np.ascontiguousarray(stacked.reshape(self.units, self.trace.n, -1))
+    def heads(self, unit: int) -> list[int]:
+        """The query heads whose rows a unit serves."""
+        _, head = self.labels[unit]
+        return [head] if self.per_head else np.flatnonzero(self.trace.head_map == head).tolist()
+
+    def output_errors(self, evicted_at: np.ndarray) -> np.ndarray:
+        """Attention-output error ``(n, units)`` of a finished replay, one matmul pass per head.
+
+        Computed after the loop from the eviction schedule (what each row was served over);
+        the full-cache outputs are cached on the trace, so sweeps pay them once.
+        """
+        errors = np.empty((self.trace.n, self.units), dtype=np.float32)
+        for unit, (layer, _) in enumerate(self.labels):
+            kept = kept_matrix(evicted_at[unit])  # (n, n)
+            values = self.trace.values(layer)  # (KVH, n, d)
+            per_head = [
+                output_error(self.trace.head_matrix(layer, head), values[self.trace.head_map[head]],
+                             kept, full=self.trace.head_output(layer, head))
+                for head in self.heads(unit)
+            ]  # fmt: skip
+            errors[:, unit] = np.mean(per_head, axis=0)
+        return errors
 
     def matrix(self, unit: int) -> np.ndarray:
         """The unit's full ``(n, n)`` attention, aggregated as the engine does (for oracles)."""
@@ -207,14 +222,12 @@ def replay(
     )  # fmt: skip
     started = time.perf_counter()
     policy.reset(context)
-    values = layout.values()  # (units, n, d) or None
     units = np.arange(layout.units)[:, None]
     kept = np.zeros((layout.units, n), dtype=bool)
     kept_weight = np.zeros((layout.units, n), dtype=np.float32)  # kept as 0/1 for matmuls
     evicted_at = np.full((layout.units, n), -1, dtype=np.int32)
     retained_mass = np.empty((n, layout.units), dtype=np.float32)
     hit_rate = np.empty((n, layout.units), dtype=np.float32)
-    output_error = None if values is None else np.empty((n, layout.units), dtype=np.float32)
     held = 0
     steps: Iterable[int] = range(n)
     if progress:
@@ -240,24 +253,20 @@ def replay(
             evicted_at[units, victims] = t
             held = budget_tokens
         rows = layout.rows(t)  # (units, G, t+1)
-        step_values = None if values is None else values[:, : t + 1]
-        _, retained_mass[t], hit_rate[t], error = step_metrics(
-            rows, kept_weight[:, : t + 1], step_values
-        )
-        if output_error is not None:
-            output_error[t] = error
+        retained_mass[t], hit_rate[t] = step_metrics(rows, kept_weight[:, : t + 1])
         observed = _observe(rows, kept[:, : t + 1], config)
         view = kept[:, : t + 1]
         view.flags.writeable = False
         policy.observe(t, observed, view)
         view.flags.writeable = True
+    errors = layout.output_errors(evicted_at) if config.output_error and trace.has_values else None
     result = ReplayResult(
         policy=policy.name, description=policy.describe(), online=policy.online,
         budget=budget_tokens, n=n, prompt_length=prompt, config=config, unit_labels=layout.labels,
         evicted_at=evicted_at, retained_mass=retained_mass, hit_rate=hit_rate,
-        output_error=output_error, seconds=time.perf_counter() - started,
+        output_error=errors, seconds=time.perf_counter() - started,
     )  # fmt: skip
-    result.summary = summarize(retained_mass, hit_rate, output_error, prompt)
+    result.summary = summarize(retained_mass, hit_rate, errors, prompt)
     return result
 
 
@@ -384,6 +393,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--layers", help="comma-separated model layers to replay (default: all stored)"
     )
     parser.add_argument(
+        "--no-output-error",
+        action="store_true",
+        help="skip the attention-output error (faster; it needs stored values anyway)",
+    )
+    parser.add_argument(
         "--json", metavar="PATH", help="write results as JSON to PATH ('-' for stdout)"
     )
     parser.add_argument(
@@ -478,7 +492,8 @@ def run(args: argparse.Namespace) -> int:
                 f"--layers takes comma-separated integers, got {args.layers!r}"
             ) from None
     config = ReplayConfig(aggregation=args.aggregation, prompt_mode=args.prompt_mode,
-                          observation=args.observe, layers=layers)  # fmt: skip
+                          observation=args.observe, layers=layers,
+                          output_error=not args.no_output_error)  # fmt: skip
     policies = _selected_policies(args)
     progress = not args.no_progress
     print(f"trace {args.trace}: {trace.describe()}")
@@ -518,7 +533,8 @@ def run(args: argparse.Namespace) -> int:
         rank_by = "retained_mass_decode" if mixed_modes else "retained_mass"
         results.sort(key=lambda result: -result.summary[rank_by])
         records = [{"rank": i + 1, **result.record()} for i, result in enumerate(results)]
-        columns = [c for c in RESULT_COLUMNS if c[0] != "output_error" or trace.has_values]
+        has_error = records[0]["output_error"] is not None
+        columns = [c for c in RESULT_COLUMNS if c[0] != "output_error" or has_error]
         bound_records = [] if bound is None else [{"rank": None, **bound.record()}]
         if add_gap_to_opt(records + bound_records):
             columns.insert(columns.index(("worst_unit_mass", "worst unit", ".4f")),

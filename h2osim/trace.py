@@ -34,6 +34,7 @@ Every problem is reported as :class:`TraceError` naming the key and what is wron
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import struct
@@ -82,6 +83,15 @@ def row_start(t: int) -> int:
     return t * (t + 1) // 2
 
 
+@functools.lru_cache(maxsize=8)
+def _tril_indices(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``np.tril_indices(n)``, computed once per n (it is the packed order of a row)."""
+    rows, cols = np.tril_indices(n)
+    rows.flags.writeable = False
+    cols.flags.writeable = False
+    return rows, cols
+
+
 def pack_lower(dense: np.ndarray) -> np.ndarray:
     """Pack the lower triangles of ``(..., n, n)`` matrices into ``(..., n(n+1)/2)``.
 
@@ -90,13 +100,13 @@ def pack_lower(dense: np.ndarray) -> np.ndarray:
     n = dense.shape[-1]
     if dense.shape[-2] != n:
         raise ValueError(f"pack_lower needs square matrices, got shape {dense.shape}")
-    rows, cols = np.tril_indices(n)
+    rows, cols = _tril_indices(n)
     return dense[..., rows, cols]
 
 
 def unpack_lower(packed: np.ndarray, n: int) -> np.ndarray:
     """Inverse of :func:`pack_lower`; the upper triangle is zero. ``(..., P) -> (..., n, n)``."""
-    rows, cols = np.tril_indices(n)
+    rows, cols = _tril_indices(n)
     dense = np.zeros(packed.shape[:-1] + (n, n), dtype=packed.dtype)
     dense[..., rows, cols] = packed
     return dense
@@ -246,6 +256,7 @@ class Trace:
         self.path = path
         self._source = layer_source
         self._cache: dict[str, np.ndarray] = {}
+        self._outputs: dict[tuple[int, int], np.ndarray] = {}
         self._parse_header(header)
 
     # ----------------------------------------------------------------- construction
@@ -567,6 +578,21 @@ class Trace:
             raise KeyError(f"KV head {kv_head} out of range (this trace has {self.num_kv_heads})")
         stacked = np.stack([self.head_matrix(layer, int(head)) for head in heads])
         return {"sum": stacked.sum, "mean": stacked.mean, "max": stacked.max}[aggregation](axis=0)
+
+    def head_output(self, layer: int, head: int) -> np.ndarray | None:
+        """Full-cache attention output of one query head per row, ``(n, d)``; cached.
+
+        None without stored values. Used by the output-error metric of every replay.
+        """
+        if not self.has_values:
+            return None
+        key = (layer, head)
+        if key not in self._outputs:
+            from h2osim.metrics import full_output
+
+            values = self.values(layer)[self.head_map[head]]  # (n, d)
+            self._outputs[key] = full_output(self.head_matrix(layer, head), values)
+        return self._outputs[key]
 
     def values(self, layer: int) -> np.ndarray | None:
         """Value vectors ``(KVH, n, d)`` float32 of one layer, or None when not stored."""

@@ -18,6 +18,14 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_blas_thread():
+    """Tests run as the CLIs do: one BLAS thread (see h2osim.cli.limit_threads)."""
+    from h2osim.cli import limit_threads
+
+    limit_threads()
+
+
 @pytest.fixture(scope="session")
 def synthetic_small():
     """A small seeded synthetic trace (in memory): 2 layers, 6 heads -> 3 KV heads, n=40."""

@@ -52,18 +52,9 @@ def trace_key(path: str | os.PathLike[str]) -> TraceKey:
 
 
 @st.cache_resource(max_entries=8, show_spinner="Loading and checking the trace ...")
-def load_trace(key: TraceKey, with_values: bool = True) -> Trace:
-    """The validated trace (TraceError when the file breaks the format).
-
-    ``with_values=False`` gives a copy that reports no value vectors (``has_values`` is
-    False, so ``Trace.values`` returns None): replays of it skip the attention-output
-    error, which is most of a replay's time on traces with values (~70% measured on
-    smollm2-pydoc.npz).
-    """
-    trace = Trace.load(key[0])
-    if not with_values:
-        trace.has_values = False
-    return trace
+def load_trace(key: TraceKey) -> Trace:
+    """The validated trace (TraceError when the file breaks the format)."""
+    return Trace.load(key[0])
 
 
 # ----------------------------------------------------------------- trace explorer
@@ -119,9 +110,12 @@ def sink_column(key: TraceKey, layer: int, head: int) -> np.ndarray:
 
 
 # ----------------------------------------------------------------- replays
-def replay_config(options: Options) -> ReplayConfig:
+def replay_config(options: Options, output_error: bool = False) -> ReplayConfig:
+    """The engine configuration; the attention-output error is opt-in in the app (it is
+    most of a replay's time on traces with values)."""
     aggregation, prompt_mode, observation = options
-    return ReplayConfig(aggregation=aggregation, prompt_mode=prompt_mode, observation=observation)
+    return ReplayConfig(aggregation=aggregation, prompt_mode=prompt_mode, observation=observation,
+                        output_error=output_error)  # fmt: skip
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
@@ -138,9 +132,10 @@ def replay_result(
     ``output_error`` also measures the attention-output error (when the trace stores
     value vectors); it makes a replay about 3x slower.
     """
-    trace = load_trace(key, with_values=output_error)
     policy_instance = make_policy(policy, **dict(params))
-    return replay(trace, policy_instance, budget, config=replay_config(options))
+    return replay(
+        load_trace(key), policy_instance, budget, config=replay_config(options, output_error)
+    )
 
 
 @st.cache_data(max_entries=1024, show_spinner=False)

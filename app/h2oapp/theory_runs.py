@@ -103,7 +103,7 @@ def trace_bound(
     from h2osim.policies import make_policy
 
     report = trace_bound_report(
-        cached.load_trace(key, with_values=False), make_policy(policy, **dict(params)), budget,
+        cached.load_trace(key), make_policy(policy, **dict(params)), budget,
         config=cached.replay_config(options), concave_name=concave_name, charge_eps0=charge_eps0,
     )  # fmt: skip
     ratio, bound = report.ratio, report.bound_ratio  # (n, units)
