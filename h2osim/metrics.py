@@ -34,21 +34,26 @@ SUMMARY_FIELDS = {
 }
 
 
-def step_metrics(rows: np.ndarray, kept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def step_metrics(
+    rows: np.ndarray, kept: np.ndarray, kept_mass: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Retained mass and significant-key hit rate of one step for every unit.
 
-    ``rows`` is ``(units, G, t+1)`` float32 (a unit's G query heads), ``kept`` is
-    ``(units, t+1)`` float32 0/1. Rows need not sum exactly to 1 (float16 storage): mass
-    is a share of the row total. Returns per-unit means ``(mass, hit_rate)``.
+    ``rows`` is ``(units, G, t+1)`` (a unit's G query heads), ``kept`` is ``(units, t+1)``
+    bool; ``kept_mass`` ``(units, G)``, the rows summed over kept tokens, may be passed
+    when already computed. Rows need not sum exactly to 1 (float16 storage): mass is a
+    share of the row total. Returns per-unit means ``(mass, hit_rate)``.
     Example: one head, row [0.5, 0.2, 0.3], kept [1, 0, 1] -> mass 0.8, hit rate 2/3.
     """
+    if kept_mass is None:
+        kept_mass = np.matmul(rows, kept[:, :, None].astype(rows.dtype))[:, :, 0]  # (units, G)
     row_total = rows.sum(axis=2)  # (units, G), 1 up to storage rounding
-    kept_mass = np.matmul(rows, kept[:, :, None])[:, :, 0]  # (units, G)
     retained = kept_mass / np.where(row_total > 0, row_total, 1.0)  # share kept
     row_max = rows.max(axis=2, keepdims=True)  # (units, G, 1)
     significant = rows >= SIGNIFICANCE * row_max  # (units, G, t+1)
     significant_total = np.count_nonzero(significant, axis=2)  # (units, G)
-    significant_kept = np.count_nonzero(significant & (kept[:, None, :] > 0), axis=2)
+    significant &= kept[:, None, :]
+    significant_kept = np.count_nonzero(significant, axis=2)
     hit_rate = (significant_kept / np.maximum(significant_total, 1)).mean(axis=1)
     return retained.mean(axis=1), hit_rate
 

@@ -107,8 +107,13 @@ class UnitLayout:
         self.units = len(labels)
 
     def rows(self, t: int) -> np.ndarray:
-        """Row t of every unit's query heads, ``(units, G, t+1)`` float32."""
-        block = self.trace.rows(t, self.layers)  # (L, H, t+1)
+        """Row t of every unit's query heads, ``(units, G, t+1)`` float64.
+
+        float64 because every float32/float16 row then sums exactly, in any order: the
+        kept mass, and with it what policies observe, is bit-identical in any correct
+        implementation (see :func:`_observe`).
+        """
+        block = self.trace.rows(t, self.layers, np.float64)  # (L, H, t+1)
         if self.head_order is not None and not self.per_head:
             block = block[:, self.head_order]
         return block.reshape(self.units, self.heads_per_unit, t + 1)
@@ -224,7 +229,7 @@ def replay(
     policy.reset(context)
     units = np.arange(layout.units)[:, None]
     kept = np.zeros((layout.units, n), dtype=bool)
-    kept_weight = np.zeros((layout.units, n), dtype=np.float32)  # kept as 0/1 for matmuls
+    kept_weight = np.zeros((layout.units, n))  # kept as 0/1 for matmuls
     evicted_at = np.full((layout.units, n), -1, dtype=np.int32)
     retained_mass = np.empty((n, layout.units), dtype=np.float32)
     hit_rate = np.empty((n, layout.units), dtype=np.float32)
@@ -252,9 +257,10 @@ def replay(
             kept_weight[units, victims] = 0.0
             evicted_at[units, victims] = t
             held = budget_tokens
-        rows = layout.rows(t)  # (units, G, t+1)
-        retained_mass[t], hit_rate[t] = step_metrics(rows, kept_weight[:, : t + 1])
-        observed = _observe(rows, kept[:, : t + 1], config)
+        rows = layout.rows(t)  # (units, G, t+1) float64
+        kept_mass = np.matmul(rows, kept_weight[:, : t + 1, None])[:, :, 0]  # (units, G), exact
+        retained_mass[t], hit_rate[t] = step_metrics(rows, kept[:, : t + 1], kept_mass)
+        observed = _observe(rows, kept_mass, kept_weight[:, : t + 1], config)
         view = kept[:, : t + 1]
         view.flags.writeable = False
         policy.observe(t, observed, view)
@@ -270,22 +276,25 @@ def replay(
     return result
 
 
-def _observe(rows: np.ndarray, kept: np.ndarray, config: ReplayConfig) -> np.ndarray:
+def _observe(
+    rows: np.ndarray, kept_mass: np.ndarray, kept: np.ndarray, config: ReplayConfig
+) -> np.ndarray:
     """What the policy sees of row t: ``(units, t+1)`` float64, the unit's heads aggregated.
 
     Renormalised mode: each head's row over the kept tokens divided by its kept mass
     (the softmax the model would compute over the cache), zero at evicted tokens.
-
-    Computed in float64 by division, not by a reciprocal: the float32 probabilities of a
-    row sum exactly in float64 whatever the order, so every implementation (the slow
-    reference loop included) sees bit-identical observations, and decisions at exact
-    boundaries (a uniform row against scissorhands' 1/|kept|) agree.
+    ``rows`` ``(units, G, t+1)`` and ``kept_mass`` ``(units, G)`` are float64, ``kept`` is
+    0/1. Float32 probabilities sum exactly in float64 whatever the order, and the
+    division is correctly rounded, so every correct implementation (the slow reference
+    loop included) sees bit-identical observations: decisions at exact boundaries (a
+    uniform row against scissorhands' 1/|kept|) agree.
     """
-    per_head = rows.astype(np.float64)  # (units, G, t+1)
-    if config.observation != "full":
-        kept_mass = np.matmul(per_head, kept[:, :, None].astype(np.float64))  # (units, G, 1)
-        divide = kept[:, None, :] & (kept_mass > 0)
-        per_head = np.divide(per_head, kept_mass, out=np.zeros_like(per_head), where=divide)
+    if config.observation == "full":
+        per_head = rows
+    else:
+        safe_mass = np.where(kept_mass > 0, kept_mass, 1.0)[:, :, None]  # kept rows of 0 stay 0
+        per_head = rows / safe_mass
+        per_head *= kept[:, None, :]
     if config.aggregation == "max":
         return per_head.max(axis=1)
     if config.aggregation == "mean":

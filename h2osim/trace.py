@@ -531,10 +531,10 @@ class Trace:
             self._cache[key] = self._source(key)
         return self._cache[key]
 
-    def _decode(self, raw: np.ndarray) -> np.ndarray:
+    def _decode(self, raw: np.ndarray, dtype=np.float32) -> np.ndarray:
         if self.encoding == "quantized":
-            return raw.astype(np.float32) * np.float32(1.0 / self.levels)
-        return raw.astype(np.float32, copy=False)
+            return raw.astype(dtype) * dtype(1.0 / self.levels)
+        return raw.astype(dtype, copy=False)
 
     def _check_layer(self, layer: int) -> None:
         if layer not in self.layer_positions:
@@ -558,12 +558,15 @@ class Trace:
             raise IndexError(f"row {t} out of range for n={self.n}")
         return self._decode(self.layer_attention(layer)[head, row_start(t) : row_start(t + 1)])
 
-    def rows(self, t: int, layers: Sequence[int] | None = None) -> np.ndarray:
-        """Row t of every stored (or chosen) layer and query head, ``(L, H, t+1)`` float32."""
+    def rows(self, t: int, layers: Sequence[int] | None = None, dtype=np.float32) -> np.ndarray:
+        """Row t of every stored (or chosen) layer and query head, ``(L, H, t+1)``.
+
+        ``dtype`` float32 (default) or float64; the stored values convert exactly to both.
+        """
         chosen = self.layers if layers is None else layers
         start, stop = row_start(t), row_start(t + 1)
         block = np.stack([self.layer_attention(int(layer))[:, start:stop] for layer in chosen])
-        return self._decode(block)
+        return self._decode(block, dtype)
 
     def head_matrix(self, layer: int, head: int) -> np.ndarray:
         """Dense ``(n, n)`` float32 attention matrix of one query head (zeros above the diagonal)."""

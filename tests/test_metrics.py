@@ -10,7 +10,7 @@ from h2osim.metrics import full_output, kept_matrix, output_error, step_metrics,
 
 def test_step_metrics_known_answer():
     rows = np.array([[[0.5, 0.2, 0.3]]], dtype=np.float32)  # one unit, one head
-    kept = np.array([[1.0, 0.0, 1.0]], dtype=np.float32)
+    kept = np.array([[True, False, True]])
     mass, hit_rate = step_metrics(rows, kept)
     assert mass[0] == pytest.approx(0.8)
     assert hit_rate[0] == pytest.approx(2 / 3)  # all three are >= 1% of the max; two kept
@@ -29,7 +29,7 @@ def test_output_error_known_answer():
 
 def test_significance_cut_and_unnormalised_rows():
     rows = np.array([[[0.994, 0.005, 0.001]]], dtype=np.float32) * 0.999  # float16-like row sum
-    kept = np.array([[1.0, 0.0, 0.0]], dtype=np.float32)
+    kept = np.array([[True, False, False]])
     mass, hit_rate = step_metrics(rows, kept)
     assert mass[0] == pytest.approx(0.994, rel=1e-6)  # a share of the row total
     assert hit_rate[0] == pytest.approx(1.0)  # 0.005 and 0.001 are below 1% of 0.994
