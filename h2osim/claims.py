@@ -555,7 +555,16 @@ def _bias_numbers(measured: Measurements) -> dict[str, Any]:
         "sink_share_h2o": _mean([b["sink_share"]["1"] for b in bias]),
         "sink_share_a2sf": _mean([b["sink_share"][f] for b in bias]),
         "per_trace": {name: b["early_share"]["1"] for name, b in measured.bias.items()},
+        **{f"kept_early_{policy}": _mean([_early_kept(kept.get(policy)) for kept in measured.kept.values()])
+           for policy in ("h2o", "a2sf", "opt")},
     }  # fmt: skip
+
+
+def _early_kept(share: list[float] | None) -> float | None:
+    """Mean share of cache units holding positions 1..ceil(10% n) at the last row."""
+    if not share:
+        return None
+    return float(np.mean(share[early_positions(len(share))]))
 
 
 def _gap_numbers(measured: Measurements, policy: str) -> dict[str, Any]:
@@ -619,6 +628,7 @@ def claim_commands(measured: Measurements, command: str) -> dict[str, list[str]]
     main = f"{settings.main_budget:g}"
     commands["sparsity"].append(loop.format(tool="observe", args="--no-plots"))
     commands["power-law"].append(loop.format(tool="observe", args="--no-plots"))
+    commands["early-bias"].append(loop.format(tool="observe", args="--no-plots") + "  # early10%")
     commands["budget-replay"].append(
         loop.format(tool="replay", args=f"--policy h2o,window,sink --budget {main}")
     )

@@ -150,7 +150,9 @@ def path_bars(paths: Sequence[dict[str, Any]], path: Path) -> None:
     axis.set_ylabel("retained mass, decode rows")
     budget = paths[0]["budget_fraction"]
     axis.set_title(
-        f"Official H2O code paths at the same budget ({budget:.0%}) and heavy/recent split"
+        f"Official H2O code paths at the same budget ({budget:.0%}) and heavy/recent split\n"
+        "h2o: Algorithm 1, prompt streamed; the others attend the prompt in full, then evict",
+        fontsize=10,
     )
     axis.legend(fontsize=7, ncol=2)
     axis.grid(alpha=0.3, axis="y")

@@ -249,7 +249,7 @@ def _range(per: Mapping[str, Any] | None, spec: str = ".3f") -> str:
 def ours_sparsity(x: Mapping[str, Any]) -> str:
     return (f"{_f(x.get('sparsity'))} mean{_range(x.get('per_trace'))}; decode rows "
             f"{_f(x.get('sparsity_decode'))}; {x.get('layers_above', '-')} of "
-            f"{x.get('layers', '-')} layers > 95%")  # fmt: skip
+            f"{x.get('layers', '-')} (trace, layer) pairs > 95%")  # fmt: skip
 
 
 def ours_power_law(x: Mapping[str, Any]) -> str:
@@ -292,11 +292,13 @@ def ours_memory(x: Mapping[str, Any]) -> str:
 
 
 def ours_early_bias(x: Mapping[str, Any]) -> str:
-    return (f"positions 1..10% hold {_f(x.get('early_share_h2o'), '.1%')} of h2o's score "
-            f"({_f(_ratio(x.get('early_share_h2o'), x.get('position_share')), '.1f')}x their share; "
-            f"uniform attention: {_f(x.get('uniform_share'), '.1%')}); with forgetting "
-            f"{x.get('forgetting', '-')}: {_f(x.get('early_share_a2sf'), '.1%')}; token 0 holds "
-            f"{_f(x.get('sink_share_h2o'), '.0%')} -> {_f(x.get('sink_share_a2sf'), '.0%')}")  # fmt: skip
+    return (f"positions 1..10% hold {_f(x.get('early_share_h2o'), '.1%')} of h2o's score, "
+            f"{_f(_ratio(x.get('early_share_h2o'), x.get('position_share')), '.1f')}x their share "
+            f"(uniform attention {_f(x.get('uniform_share'), '.1%')}; forgetting {x.get('forgetting', '-')}: "
+            f"{_f(x.get('early_share_a2sf'), '.1%')}); token 0 {_f(x.get('sink_share_h2o'), '.0%')} of the "
+            f"score; at the last row (20% budget) caches hold positions 1..10% at rate h2o "
+            f"{_f(x.get('kept_early_h2o'), '.0%')}, a2sf {_f(x.get('kept_early_a2sf'), '.0%')}, "
+            f"opt {_f(x.get('kept_early_opt'), '.0%')}")  # fmt: skip
 
 
 def _ratio(a: Any, b: Any) -> float | None:
