@@ -84,14 +84,19 @@ def main() -> None:
     for layer in trace.layers:  # materialise once, as a loaded in-memory trace would be
         trace.layer_attention(int(layer))
     read_seconds = timed(lambda: single_read(trace), args.repeats)
-    replay_seconds = timed(lambda: replay(trace, make_policy("h2o"), 0.2), args.repeats)
-    print(
-        f"single read of all {trace.n * (trace.n + 1) // 2 * 9 * args.layers:,} entries: {read_seconds:.3f} s"
-    )
-    print(f"replay h2o (budget 0.2):                         {replay_seconds:.3f} s")
-    print(
-        f"RATIO replay / single read = {replay_seconds / read_seconds:.2f}x   (target <= 3x, goal 2x)"
-    )
+
+    def cold_replay() -> None:
+        trace._row_stats.clear()  # per-trace row sums/maxima, computed by the first replay
+        replay(trace, make_policy("h2o"), 0.2)
+
+    cold_seconds = timed(cold_replay, args.repeats)
+    warm_seconds = timed(lambda: replay(trace, make_policy("h2o"), 0.2), args.repeats)
+    entries = trace.n * (trace.n + 1) // 2 * 9 * args.layers
+    print(f"single read of all {entries:,} entries:       {read_seconds:.3f} s")
+    print(f"replay h2o (budget 0.2), first on this trace: {cold_seconds:.3f} s")
+    print(f"replay h2o, row statistics cached (sweeps):   {warm_seconds:.3f} s")
+    print(f"RATIO replay / single read = {cold_seconds / read_seconds:.2f}x first, "
+          f"{warm_seconds / read_seconds:.2f}x cached   (target <= 3x, goal 2x)")  # fmt: skip
 
     args.reference_n = args.reference_n or args.n
     small = synthetic_trace(

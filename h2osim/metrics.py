@@ -35,22 +35,26 @@ SUMMARY_FIELDS = {
 
 
 def step_metrics(
-    rows: np.ndarray, kept: np.ndarray, kept_mass: np.ndarray | None = None
+    rows: np.ndarray,
+    kept: np.ndarray,
+    kept_mass: np.ndarray | None = None,
+    row_total: np.ndarray | None = None,
+    row_max: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Retained mass and significant-key hit rate of one step for every unit.
 
     ``rows`` is ``(units, G, t+1)`` (a unit's G query heads), ``kept`` is ``(units, t+1)``
-    bool; ``kept_mass`` ``(units, G)``, the rows summed over kept tokens, may be passed
-    when already computed. Rows need not sum exactly to 1 (float16 storage): mass is a
+    bool; ``kept_mass`` ``(units, G)`` (the rows summed over kept tokens), ``row_total`` and
+    ``row_max`` ``(units, G)`` may be passed when already computed. Rows need not sum exactly to 1 (float16 storage): mass is a
     share of the row total. Returns per-unit means ``(mass, hit_rate)``.
     Example: one head, row [0.5, 0.2, 0.3], kept [1, 0, 1] -> mass 0.8, hit rate 2/3.
     """
     if kept_mass is None:
         kept_mass = np.matmul(rows, kept[:, :, None].astype(rows.dtype))[:, :, 0]  # (units, G)
-    row_total = rows.sum(axis=2)  # (units, G), 1 up to storage rounding
+    row_total = rows.sum(axis=2) if row_total is None else row_total  # (units, G), ~1
     retained = kept_mass / np.where(row_total > 0, row_total, 1.0)  # share kept
-    row_max = rows.max(axis=2, keepdims=True)  # (units, G, 1)
-    significant = rows >= SIGNIFICANCE * row_max  # (units, G, t+1)
+    row_max = rows.max(axis=2) if row_max is None else row_max  # (units, G)
+    significant = rows >= SIGNIFICANCE * row_max[:, :, None]  # (units, G, t+1)
     significant_total = np.count_nonzero(significant, axis=2)  # (units, G)
     significant &= kept[:, None, :]
     significant_kept = np.count_nonzero(significant, axis=2)

@@ -118,6 +118,17 @@ class UnitLayout:
             block = block[:, self.head_order]
         return block.reshape(self.units, self.heads_per_unit, t + 1)
 
+    def row_stats(self) -> tuple[np.ndarray, np.ndarray]:
+        """Sum and maximum of every row, each ``(n, units, G)`` float64, in :meth:`rows` order."""
+        stats = [self.trace.row_stats(layer) for layer in self.layers]
+        totals = np.stack([total for total, _ in stats])  # (L, H, n)
+        maxima = np.stack([maximum for _, maximum in stats])
+        if self.head_order is not None and not self.per_head:
+            totals, maxima = totals[:, self.head_order], maxima[:, self.head_order]
+        shape = (self.units, self.heads_per_unit, self.trace.n)
+        return (np.moveaxis(totals.reshape(shape), 2, 0).copy(),
+                np.moveaxis(maxima.reshape(shape), 2, 0).copy())  # fmt: skip
+
     def heads(self, unit: int) -> list[int]:
         """The query heads whose rows a unit serves."""
         _, head = self.labels[unit]
@@ -233,6 +244,7 @@ def replay(
     evicted_at = np.full((layout.units, n), -1, dtype=np.int32)
     retained_mass = np.empty((n, layout.units), dtype=np.float32)
     hit_rate = np.empty((n, layout.units), dtype=np.float32)
+    row_totals, row_maxima = layout.row_stats()  # (n, units, G) each
     held = 0
     steps: Iterable[int] = range(n)
     if progress:
@@ -259,7 +271,9 @@ def replay(
             held = budget_tokens
         rows = layout.rows(t)  # (units, G, t+1) float64
         kept_mass = np.matmul(rows, kept_weight[:, : t + 1, None])[:, :, 0]  # (units, G), exact
-        retained_mass[t], hit_rate[t] = step_metrics(rows, kept[:, : t + 1], kept_mass)
+        retained_mass[t], hit_rate[t] = step_metrics(
+            rows, kept[:, : t + 1], kept_mass, row_totals[t], row_maxima[t]
+        )
         observed = _observe(rows, kept_mass, kept_weight[:, : t + 1], config)
         view = kept[:, : t + 1]
         view.flags.writeable = False

@@ -257,6 +257,7 @@ class Trace:
         self._source = layer_source
         self._cache: dict[str, np.ndarray] = {}
         self._outputs: dict[tuple[int, int], np.ndarray] = {}
+        self._row_stats: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._parse_header(header)
 
     # ----------------------------------------------------------------- construction
@@ -581,6 +582,23 @@ class Trace:
             raise KeyError(f"KV head {kv_head} out of range (this trace has {self.num_kv_heads})")
         stacked = np.stack([self.head_matrix(layer, int(head)) for head in heads])
         return {"sum": stacked.sum, "mean": stacked.mean, "max": stacked.max}[aggregation](axis=0)
+
+    def row_stats(self, layer: int) -> tuple[np.ndarray, np.ndarray]:
+        """Sum and maximum of every row of one layer, each ``(H, n)`` float64; cached.
+
+        Replays use them for the retained-mass share and the significance cut-off.
+        """
+        if layer not in self._row_stats:
+            starts = np.array([row_start(t) for t in range(self.n)], dtype=np.int64)
+            raw = self.layer_attention(layer)
+            totals = np.empty((self.num_heads, self.n))
+            maxima = np.empty((self.num_heads, self.n))
+            for head in range(self.num_heads):  # one head at a time bounds the memory
+                packed = self._decode(np.asarray(raw[head]), np.float64)
+                totals[head] = np.add.reduceat(packed, starts)
+                maxima[head] = np.maximum.reduceat(packed, starts)
+            self._row_stats[layer] = (totals, maxima)
+        return self._row_stats[layer]
 
     def head_output(self, layer: int, head: int) -> np.ndarray | None:
         """Full-cache attention output of one query head per row, ``(n, d)``; cached.
