@@ -36,6 +36,7 @@ from h2osim.replay import ReplayConfig, replay, resolve_budget  # noqa: E402
 
 DEFAULT_TOPICS = ("for", "naming", "with")
 DEFAULT_BUDGETS = (0.05, 0.1, 0.2, 0.35, 0.5, 1.0)
+Y_TICKS = (1, 1.5, 2, 3, 5, 10, 20, 50, 100)
 
 
 def log(message: str) -> None:
@@ -243,16 +244,17 @@ def plot(rows: list[dict], budgets, topics, out: Path) -> None:
         axis.set_yscale("log")
         axis.set_xticks([100 * b for b in budgets], [f"{100 * b:g}" for b in budgets])
         axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        axis.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-        axis.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        axis.set_yticks(Y_TICKS, [f"{y:g}" for y in Y_TICKS])
+        axis.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         axis.set_xlabel("KV budget, % of the sequence")
         axis.grid(alpha=0.3, which="both")
     axes[0].set_ylabel("perplexity / full-cache perplexity")
-    axes[-1].legend(fontsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="center right", fontsize=9)
     figure.suptitle(
         f"Live eviction in SmolLM2-135M, teacher forcing, {rows[0]['n']} tokens per text"
     )
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0, 0.93, 1))
     save_figure(figure, out / "live-sweep.png", dpi=110)
     plt.close(figure)
 
