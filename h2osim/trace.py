@@ -594,8 +594,8 @@ class Trace:
             totals = np.empty((self.num_heads, self.n))
             maxima = np.empty((self.num_heads, self.n))
             for head in range(self.num_heads):  # one head at a time bounds the memory
-                packed = self._decode(np.asarray(raw[head]), np.float64)
-                totals[head] = np.add.reduceat(packed, starts)
+                packed = self._decode(np.asarray(raw[head]))  # float32: exact for every encoding
+                totals[head] = np.add.reduceat(packed, starts, dtype=np.float64)
                 maxima[head] = np.maximum.reduceat(packed, starts)
             self._row_stats[layer] = (totals, maxima)
         return self._row_stats[layer]
