@@ -676,17 +676,24 @@ def _check_prompt(prompt_length: int, n: int, budget_of: str, config: LiveConfig
         raise ValueError(
             f"--prompt-length must be in 0..{n - 1} (n = {n} tokens), got {prompt_length}"
         )
+    check_prompt_needed(prompt_length, budget_of, config, policies)
+
+
+def check_prompt_needed(prompt_length: int, budget_of: str, config: LiveConfig,
+                        policies: Sequence[Policy]) -> None:  # fmt: skip
+    """A prompt (P > 0) is needed by a budget of the prompt and by the "full" prompt mode."""
     if budget_of not in BUDGET_BASES:
         raise ValueError(f"budget base must be one of {BUDGET_BASES}, got {budget_of!r}")
-    needs_prompt = (
-        budget_of == "prompt"
-        or config.prompt_mode == "full"
-        or any(p.prompt_mode == "full" for p in policies)
-    )
-    if needs_prompt and prompt_length == 0:
+    reasons = ["--budget-of prompt"] if budget_of == "prompt" else []
+    if config.prompt_mode == "full":
+        reasons.append("--prompt-mode full")
+    forcing = [p.name for p in policies if p.prompt_mode == "full"]
+    if forcing:
+        reasons.append(f"{', '.join(forcing)} (attending the prompt in full)")
+    if reasons and prompt_length == 0:
         raise ValueError(
-            "a budget of the prompt or the 'full' prompt mode needs a prompt: give --prompt-length P "
-            "(teacher forcing treats the first P tokens as the prompt)"
+            f"{' and '.join(reasons)} need a prompt: give --prompt-length P (teacher forcing "
+            "treats the first P tokens as the prompt)"
         )
 
 
@@ -710,7 +717,7 @@ def build_parser() -> argparse.ArgumentParser:
         "each policy's greedy continuation beside the full cache's.",
         epilog="Examples:  python -m h2osim.live --policy h2o --policy sink --budget 0.25 "
         "--pydoc-topic for --truncate 512  |  python -m h2osim.live --policy all --budget 0.2 "
-        "--json live.json  |  python -m h2osim.live --generate 40 --chat --prompt 'What is a "
+        "--prompt-length 64 --json live.json  |  python -m h2osim.live --generate 40 --chat --prompt 'What is a "
         "Python generator?' --policy h2o --policy window --budget 0.3",
     )
     parser.add_argument("--policy", action="append", metavar="NAME",
@@ -814,6 +821,8 @@ def run(args: argparse.Namespace, command: str = "") -> int:
         raise ValueError(
             "--prompt-length is for teacher forcing; with --generate the text is the prompt"
         )
+    if args.generate is None:
+        check_prompt_needed(args.prompt_length, args.budget_of, config, policies)
     text = text_source_from_args(args)
     resolve_device(args.device)
     progress = not args.no_progress

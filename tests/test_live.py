@@ -340,6 +340,8 @@ def test_sliding_window_models_are_refused():
         (["--generate", "0"], "at least 1 new token"),
         (["--prefill-chunk", "0"], "--prefill-chunk must be >= 1"),
         (["--pydoc-topic", "no-such-topic"], "unknown pydoc topic"),
+        (["--policy", "all"], "h2o-mask"),  # policies that attend the prompt in full need P
+        (["--prompt-mode", "full"], "--prompt-length P"),
     ],
 )
 def test_cli_bad_arguments_exit_2_with_one_line(argv, message, capsys):
