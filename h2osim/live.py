@@ -845,7 +845,12 @@ def run(args: argparse.Namespace, command: str = "") -> int:
             record["perplexity_gap"] = record["perplexity"] - reference_ppl
         print(f"teacher forcing, n = {len(ids)} tokens ({text.kind} {text.name}); "
               f"full-cache perplexity {reference_ppl:.3f}")  # fmt: skip
-        print(format_table(records, TEACHER_COLUMNS))
+        columns = list(TEACHER_COLUMNS)
+        if len({record["prompt_mode"] for record in records[1:]}) > 1:
+            columns.insert(2, ("prompt_mode", "prompt", "s"))
+            print("prompt modes differ (full: the prompt attended in full, compressed after "
+                  "prefill): compare policies within one mode")  # fmt: skip
+        print(format_table(records, columns))
         print("ppl(evicted): rows served over a compressed cache only; KV: bytes vs the full cache; "
               "ms/step: one batched step of all policies sharing a budget")  # fmt: skip
     else:
