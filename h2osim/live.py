@@ -139,7 +139,8 @@ class LiveEviction:
         for policy in self.policies:
             check_live_policy(policy)
             policy.reset(ReplayContext(units=self.units, n=n, budget=budget,
-                                       prompt_length=prompt_length, unit_labels=self.unit_labels))  # fmt: skip
+                                       prompt_length=prompt_length, unit_labels=self.unit_labels,
+                                       prompt_mode=config.prompt_mode))  # fmt: skip
         rows = len(self.policies)
         self.kept = np.zeros((rows, self.units, n), dtype=bool)
         self.evicted_at = np.full((rows, self.units, n), -1, dtype=np.int32)
