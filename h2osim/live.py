@@ -56,7 +56,7 @@ from h2osim.policies import (
     policy_class,
     policy_names,
 )
-from h2osim.replay import BUDGET_BASES, PROMPT_MODES, _check_victims, format_table, resolve_budget
+from h2osim.replay import BUDGET_BASES, PROMPT_MODES, check_victims, format_table, resolve_budget
 
 LIVE_AGGREGATIONS = ("sum", "mean", "max")
 DEFAULT_PREFILL_CHUNK = 256  # prompt rows per forward pass: bounds the attention weights' memory
@@ -199,7 +199,7 @@ class LiveEviction:
             view.flags.writeable = False
             victims = np.asarray(policy.evict(t, view, count))  # (units, count)
             view.flags.writeable = True
-            _check_victims(policy, victims, kept, t, count)
+            check_victims(policy, victims, kept, t, count)
             kept[units, victims] = False
             self.evicted_at[row][units, victims] = t
         # which slots survive: (rows, units, held), read off the updated kept sets

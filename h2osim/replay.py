@@ -264,7 +264,7 @@ def replay(
             view.flags.writeable = False
             victims = np.asarray(policy.evict(t, view, count))
             view.flags.writeable = True
-            _check_victims(policy, victims, kept, t, count)
+            check_victims(policy, victims, kept, t, count)
             kept[units, victims] = False
             kept_weight[units, victims] = 0.0
             evicted_at[units, victims] = t
@@ -316,7 +316,7 @@ def _observe(
     return per_head.sum(axis=1)
 
 
-def _check_victims(
+def check_victims(
     policy: Policy, victims: np.ndarray, kept: np.ndarray, t: int, count: int
 ) -> None:
     """Enforce the engine's rules on a policy's answer (cheap: count is usually 1)."""
