@@ -254,7 +254,7 @@ def ours_sparsity(x: Mapping[str, Any]) -> str:
 
 def ours_power_law(x: Mapping[str, Any]) -> str:
     share = x.get("power_better_share")
-    return (f"power law beats exponential in {_f(share and 100 * share, '.0f')}% of layers; "
+    return (f"power law beats exponential in {_f(share and 100 * share, '.0f')}% of (trace, layer) pairs; "
             f"R^2 {_f(x.get('r2_power'), '.2f')} (exp. {_f(x.get('r2_exponential'), '.2f')}); "
             f"alpha {_f(x.get('alpha'), '.2f')}; top 10% of tokens hold "
             f"{_f(x.get('top10_share'), '.0%')} of the accumulated score")  # fmt: skip
