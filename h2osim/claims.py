@@ -18,7 +18,7 @@ What it writes (atomically, :mod:`h2osim.files`), in ``--out-dir`` (default ``do
 ``--quick`` is the smoke setting: prefixes of two traces (n = 160, 3 layers), two budgets
 and a 64-token live run, written to ``claims-quick/`` - under a minute on 2 cores.
 The full setting (whole traces, 5 budgets, live runs of 384 tokens at 3 budgets on two
-texts) takes about 10-15 minutes.
+texts) took 7 minutes on 2 busy cores.
 
 Simplifications: retained attention mass is the replay metric (``output_error`` is off for
 speed); live quality is teacher-forced perplexity against the full cache; means over
@@ -793,11 +793,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m h2osim.claims",
         description="Regenerate the claims table: the H2O paper's claims (sparsity, power law, "
-        "20%% budget vs the full cache and the local window, the heavy/recent ablation, 5x KV "
+        "20% budget vs the full cache and the local window, the heavy/recent ablation, 5x KV "
         "memory), A2SF's early-token bias, and our findings (gap to the exact optimum, Belady, "
         "the official code paths, concave scores), measured on the shipped SmolLM2 traces and "
         "live inside SmolLM2. Verdicts come from stated rules (docs/claims.md).",
-        epilog="Examples:  python -m h2osim.claims  (full, ~10-15 min; writes docs/ and the README "
+        epilog="Examples:  python -m h2osim.claims  (full, ~7-10 min on 2 cores; writes docs/ and the README "
         "block)  |  python -m h2osim.claims --quick  (smoke run, < 1 min, writes claims-quick/)  |  "
         "python -m h2osim.claims --from-json docs/claims.json  (re-render after editing numbers)",
     )
