@@ -735,10 +735,10 @@ def _versions(with_model: bool) -> dict[str, str]:
 # --------------------------------------------------------------------------- writing
 def write_outputs(payload: dict[str, Any], out_dir: Path, readme: Path | None) -> list[str]:
     """Write claims.json and claims.md to ``out_dir`` and the README block; returns notes."""
-    from h2osim.files import write_text
+    from h2osim.files import json_default, write_text
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_text(out_dir / "claims.json", json.dumps(payload, indent=1, default=_json_default) + "\n")
+    write_text(out_dir / "claims.json", json.dumps(payload, indent=1, default=json_default) + "\n")
     write_text(out_dir / "claims.md", markdown(payload))
     said = [f"wrote {out_dir / 'claims.json'} and {out_dir / 'claims.md'}"]
     if readme is not None:
@@ -767,14 +767,6 @@ def _relative_link(target: Path, readme: Path) -> str:
     import os
 
     return Path(os.path.relpath(target.resolve(), readme.resolve().parent)).as_posix()
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def load_payload(path: str | Path) -> dict[str, Any]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import shlex
 import signal
 import sys
 import time
@@ -30,41 +29,11 @@ from typing import Any
 
 import numpy as np
 
+from h2osim.cli import parse_layers, run_model_cli
 from h2osim.trace import DEFAULT_LEVELS, ENCODINGS, Trace, packed_size, row_start
 
 DEFAULT_MAX_TOKENS = 1024  # guard: a full 30-layer SmolLM2 trace at n=1024 is ~280 MB in fp16
 DEFAULT_PREFILL_CHUNK = 512  # bounds prefill memory: layers x heads x chunk x n attention floats
-
-
-def parse_layers(spec: str | None, num_layers: int | None = None) -> list[int] | None:
-    """``"all"``/None -> None (every layer); ``"0,5,10-12"`` -> [0, 5, 10, 11, 12].
-
-    With ``num_layers`` each index is checked to lie in 0..num_layers-1.
-    """
-    if spec is None or spec.strip() in ("", "all"):
-        return None
-    layers: set[int] = set()
-    for part in spec.split(","):
-        part = part.strip()
-        try:
-            if "-" in part:
-                low, high = (int(x) for x in part.split("-", 1))
-                if low > high:
-                    raise ValueError
-                layers.update(range(low, high + 1))
-            else:
-                layers.add(int(part))
-        except ValueError:
-            raise ValueError(
-                f"--layers takes 'all' or comma-separated indices and ranges like 0,5,10-12; got {spec!r}"
-            ) from None
-    if num_layers is not None:
-        bad = sorted(layer for layer in layers if not 0 <= layer < num_layers)
-        if bad:
-            raise ValueError(
-                f"--layers: layer {bad[0]} does not exist; this model has layers 0..{num_layers - 1}"
-            )
-    return sorted(layers)
 
 
 @dataclass
@@ -434,21 +403,11 @@ def _terminate(signum, frame) -> None:  # SIGTERM -> the same clean exit as Ctrl
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from h2osim.cli import run_cli
-
-    arguments = list(sys.argv[1:] if argv is None else argv)
-    try:
-        import h2osim.model  # noqa: F401  (torch + transformers)
-    except ImportError as exc:
-        print(f"python -m h2osim.dump: error: the model stack is not installed ({exc}); "
-              "run `make setup` (or pip install -e '.[model]')", file=sys.stderr)  # fmt: skip
-        return 2
-    command = "python -m h2osim.dump " + shlex.join(arguments)
     previous = None
     with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
         previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        return run_cli(build_parser, lambda args: run(args, command), arguments)
+        return run_model_cli("python -m h2osim.dump", build_parser, run, argv)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

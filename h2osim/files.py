@@ -11,11 +11,13 @@ A SIGKILL can leave the hidden temporary file behind; it never has the target's 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 
 @contextlib.contextmanager
@@ -57,6 +59,31 @@ def write_text(path: str | os.PathLike[str], text: str) -> None:
     """Atomically write a text file (UTF-8)."""
     with atomic_write(path, "w") as handle:
         handle.write(text)
+
+
+def json_default(value: Any) -> Any:
+    """``json.dumps`` fallback for numpy scalars and arrays."""
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def write_output(target: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to stdout when ``target`` is ``-``, else atomically to the file."""
+    text = text if text.endswith("\n") else text + "\n"
+    if str(target) == "-":
+        sys.stdout.write(text)
+        return
+    write_text(target, text)
+
+
+def write_json(target: str | os.PathLike[str], payload: Any, indent: int = 2) -> None:
+    """JSON (numpy values allowed) to stdout (``-``) or atomically to a file."""
+    write_output(target, json.dumps(payload, indent=indent, default=json_default))
 
 
 def save_figure(figure, path: str | os.PathLike[str], **kwargs) -> None:

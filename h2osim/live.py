@@ -38,8 +38,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -48,12 +46,12 @@ from typing import Any
 
 import numpy as np
 
+from h2osim.cli import add_policy_arguments, policy_parameters, requested_policies, run_model_cli
+from h2osim.files import write_json
 from h2osim.policies import (
     Policy,
     ReplayContext,
-    all_parameters,
     make_policy,
-    policy_class,
     policy_names,
 )
 from h2osim.replay import BUDGET_BASES, PROMPT_MODES, check_victims, format_table, resolve_budget
@@ -754,33 +752,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_text_arguments(parser)
     add_model_arguments(parser)
-    group = parser.add_argument_group(
-        "policy parameters (each applies to the policies that have it)"
-    )
-    for name, spec in sorted(all_parameters().items()):
-        kind = (
-            spec.type
-            if isinstance(spec.type, type)
-            else {"int": int, "float": float, "str": str}[str(spec.type)]
-        )
-        group.add_argument("--" + name.replace("_", "-"), type=kind, default=None, dest=name,
-                           help=f"{spec.metadata.get('help', '')} (default {spec.default})")  # fmt: skip
+    add_policy_arguments(parser)
     return parser
 
 
 def selected_policies(requested: Sequence[str] | None, params: dict[str, Any]) -> list[Policy]:
     """Policies named on the command line ('all' = every online policy but ``full``)."""
-    names: list[str] = []
-    for entry in requested or ["h2o"]:
-        for name in entry.split(","):
-            name = name.strip()
-            if name == "all":
-                chosen = [p for p in policy_names(online=True) if p != "full"]
-            else:
-                policy_class(name)  # unknown names -> ValueError listing the choices
-                chosen = [name]
-            names += [p for p in chosen if p not in names]
-    policies = [make_policy(name, **params) for name in names]
+    everything = [name for name in policy_names(online=True) if name != "full"]
+    policies = [make_policy(name, **params) for name in requested_policies(requested, everything)]
     for policy in policies:
         check_live_policy(policy)
     return policies
@@ -811,8 +790,7 @@ def run(args: argparse.Namespace, command: str = "") -> int:
     # cheap checks first: loading the model takes seconds
     config = LiveConfig(aggregation=args.aggregation, prompt_mode=args.prompt_mode,
                         prefill_chunk=args.prefill_chunk, batch=args.batch)  # fmt: skip
-    params = {name: getattr(args, name) for name in all_parameters()}
-    policies = selected_policies(args.policy, params)
+    policies = selected_policies(args.policy, policy_parameters(args))
     resolve_budget(args.budget, 1, 1)  # syntax: a fraction in (0, 1] or a whole count
     if args.generate is not None and args.generate < 1:
         raise ValueError(f"--generate needs at least 1 new token, got {args.generate}")
@@ -877,41 +855,13 @@ def run(args: argparse.Namespace, command: str = "") -> int:
             "config": dataclasses.asdict(config), "budget": args.budget,
             "budget_of": args.budget_of, "results": records,
         }  # fmt: skip
-        _write_json(args.json, payload)
+        write_json(args.json, payload)
     return 0
-
-
-def _write_json(target: str, payload: dict[str, Any]) -> None:
-    text = json.dumps(payload, indent=2, default=_json_default)
-    if target == "-":
-        sys.stdout.write(text + "\n")
-        return
-    from h2osim.files import write_text
-
-    write_text(target, text + "\n")
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; user errors print one line to stderr and exit 2."""
-    from h2osim.cli import run_cli
-
-    arguments = list(sys.argv[1:] if argv is None else argv)
-    try:
-        import h2osim.model  # noqa: F401  (torch + transformers)
-    except ImportError as exc:
-        print(f"python -m h2osim.live: error: the model stack is not installed ({exc}); "
-              "run `make setup` (or pip install -e '.[model]')", file=sys.stderr)  # fmt: skip
-        return 2
-    command = "python -m h2osim.live " + shlex.join(arguments)
-    return run_cli(build_parser, lambda args: run(args, command), arguments)
+    return run_model_cli("python -m h2osim.live", build_parser, run, argv)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ traces (quantized entries under 1/levels read as 0, which can only raise sparsit
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from collections.abc import Sequence
@@ -416,8 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from h2osim.dump import parse_layers
-    from h2osim.files import write_text
+    from h2osim.cli import parse_layers
+    from h2osim.files import write_json
 
     trace = Trace.load(args.trace)
     layers = parse_layers(args.layers)
@@ -426,11 +425,7 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(observations))
     print(legend(observations))
     if args.json:
-        text = json.dumps(observations.record(), indent=2)
-        if args.json == "-":
-            print(text)
-        else:
-            write_text(args.json, text + "\n")
+        write_json(args.json, observations.record())
     if not args.no_plots:
         folder = Path(args.out_dir or f"observe-{Path(args.trace).stem}")
         written = save_figures(observations, folder, title=Path(args.trace).stem)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -28,8 +27,16 @@ from typing import Any
 
 import numpy as np
 
+from h2osim.cli import (
+    add_policy_arguments,
+    add_replay_arguments,
+    policy_parameters,
+    replay_config_from_args,
+    requested_policies,
+)
+from h2osim.files import write_json, write_output
 from h2osim.metrics import kept_matrix, output_error, step_metrics, summarize
-from h2osim.policies import Policy, ReplayContext, all_parameters, make_policy, policy_names
+from h2osim.policies import Policy, ReplayContext, make_policy, policy_names
 from h2osim.trace import AGGREGATIONS, Trace
 
 GQA_MODES = AGGREGATIONS + ("per-head",)
@@ -400,21 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--policy", action="append", metavar="NAME",
                         help=f"policy to replay, repeatable, or 'all' (default: h2o). One of: {', '.join(names)}. "
                         "With opt, the table adds the topk bound and each policy's gap to opt")  # fmt: skip
-    parser.add_argument("--budget", default="0.2",
-                        help="tokens per cache unit: a fraction in (0, 1] or a count > 1 (default 0.2)")  # fmt: skip
-    parser.add_argument("--budget-of", choices=BUDGET_BASES, default="sequence",
-                        help="what a fractional budget is a fraction of (default: sequence length)")  # fmt: skip
+    add_replay_arguments(parser)
     parser.add_argument("--sweep", metavar="A:B:STEP",
                         help="replay each policy at budgets A..B (inclusive) instead of --budget, e.g. 0.05:0.5:0.05")  # fmt: skip
-    parser.add_argument("--aggregation", choices=GQA_MODES, default="sum",
-                        help="how a KV head's query heads combine their scores, or one cache per query head (default sum)")  # fmt: skip
-    parser.add_argument("--prompt-mode", choices=PROMPT_MODES, default="stream",
-                        help="stream: prompt rows evict like decode rows; full: prompt attended in full, eviction after prefill")  # fmt: skip
-    parser.add_argument("--observe", choices=OBSERVATIONS, default="renormalized",
-                        help="what policies observe: the row renormalised over kept tokens (default) or the full row")  # fmt: skip
-    parser.add_argument(
-        "--layers", help="comma-separated model layers to replay (default: all stored)"
-    )
     parser.add_argument(
         "--no-output-error",
         action="store_true",
@@ -432,30 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="plot retained mass over steps (or budget curves with --sweep); with opt, the gap to opt is shaded",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    group = parser.add_argument_group(
-        "policy parameters (each applies to the policies that have it)"
-    )
-    for name, spec in sorted(all_parameters().items()):
-        kind = (
-            spec.type
-            if isinstance(spec.type, type)
-            else {"int": int, "float": float, "str": str}[str(spec.type)]
-        )
-        group.add_argument("--" + name.replace("_", "-"), type=kind, default=None, dest=name,
-                           help=f"{spec.metadata.get('help', '')} (default {spec.default})")  # fmt: skip
+    add_policy_arguments(parser)
     return parser
-
-
-def _selected_policies(args: argparse.Namespace) -> list[Policy]:
-    requested = args.policy or ["h2o"]
-    names: list[str] = []
-    for entry in requested:
-        for name in entry.split(","):
-            for chosen in policy_names() if name == "all" else [name.strip()]:
-                if chosen not in names:
-                    names.append(chosen)
-    params = {name: getattr(args, name) for name in all_parameters()}
-    return [make_policy(name, **params) for name in names]
 
 
 def format_table(records: list[dict[str, Any]], columns: Sequence[tuple[str, str, str]]) -> str:
@@ -484,15 +457,6 @@ RESULT_COLUMNS = (
 )  # fmt: skip
 
 
-def _write_output(target: str, text: str) -> None:
-    if target == "-":
-        sys.stdout.write(text if text.endswith("\n") else text + "\n")
-        return
-    from h2osim.files import write_text
-
-    write_text(target, text)
-
-
 def _csv_text(records: list[dict[str, Any]]) -> str:
     import csv
     import io
@@ -506,18 +470,9 @@ def _csv_text(records: list[dict[str, Any]]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     trace = Trace.load(args.trace)
-    layers = None
-    if args.layers:
-        try:
-            layers = tuple(int(part) for part in args.layers.split(","))
-        except ValueError:
-            raise ValueError(
-                f"--layers takes comma-separated integers, got {args.layers!r}"
-            ) from None
-    config = ReplayConfig(aggregation=args.aggregation, prompt_mode=args.prompt_mode,
-                          observation=args.observe, layers=layers,
-                          output_error=not args.no_output_error)  # fmt: skip
-    policies = _selected_policies(args)
+    config = replay_config_from_args(args, output_error=not args.no_output_error)
+    names = requested_policies(args.policy, policy_names())
+    policies = [make_policy(name, **policy_parameters(args)) for name in names]
     progress = not args.no_progress
     print(f"trace {args.trace}: {trace.describe()}")
     bound_records: list[dict[str, Any]] = []  # the topk bound (with opt): not a policy
@@ -579,9 +534,9 @@ def run(args: argparse.Namespace) -> int:
         payload = {"trace": str(args.trace), "config": vars(config), "results": records}
         if bound_records:
             payload["bound"] = bound_records
-        _write_output(args.json, json.dumps(payload, indent=2))
+        write_json(args.json, payload)
     if args.csv:
-        _write_output(args.csv, _csv_text(records))
+        write_output(args.csv, _csv_text(records))
     return 0
 
 

@@ -158,10 +158,13 @@ def test_resolve_budget_rejects(bad):
 @pytest.mark.parametrize(
     ("name", "params"),
     [("h2o", {"heavy_ratio": 1.5}), ("sink", {"sinks": -1}), ("lru", {"threshold": 2.0}),
-     ("scissorhands", {"history": 0}), ("scissorhands", {"recent_ratio": -0.1})],
+     ("scissorhands", {"history": 0}), ("scissorhands", {"recent_ratio": -0.1}),
+     ("a2sf", {"forgetting": 0.0}), ("a2sf", {"heavy_ratio": -1}), ("h2o-drop", {"recent_size": -1}),
+     ("h2o-mask", {"heavy_prompt_ratio": 2}), ("h2o-global", {"heavy_ratio": 1.01})],
 )  # fmt: skip
 def test_bad_parameters_are_rejected(name, params):
-    with pytest.raises(ValueError):
+    ((key, value),) = params.items()
+    with pytest.raises(ValueError, match=f"^{key} must be .* got {value}$"):
         make_policy(name, **params)
 
 

@@ -10,15 +10,15 @@ Exit status 1 if the bound fails anywhere (it should not: it is a theorem).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from h2osim.cli import add_replay_arguments, replay_config_from_args
+from h2osim.files import write_json
 from h2osim.policies import policy_names
-from h2osim.replay import BUDGET_BASES, GQA_MODES, OBSERVATIONS, PROMPT_MODES, ReplayConfig
 from h2osim.trace import Trace
 from theory.functions import CONCAVE
 from theory.report import TraceBoundReport, trace_bound_report
@@ -35,18 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--policy", default="heavy", choices=policy_names(online=True), metavar="NAME",
                         help="online policy whose trajectory is checked (default heavy: greedy by "
                         "accumulated attention, the paper's Algorithm 2)")  # fmt: skip
-    parser.add_argument("--budget", default="0.2",
-                        help="tokens per cache unit: a fraction in (0, 1] or a count > 1 (default 0.2)")  # fmt: skip
-    parser.add_argument("--budget-of", choices=BUDGET_BASES, default="sequence",
-                        help="what a fractional budget is a fraction of (default: sequence)")  # fmt: skip
-    parser.add_argument("--aggregation", choices=GQA_MODES, default="sum",
-                        help="how a KV head's query heads combine in the policy (default sum)")  # fmt: skip
-    parser.add_argument("--prompt-mode", choices=PROMPT_MODES, default="stream",
-                        help="stream: evict from the first row; full: evict after prefill")  # fmt: skip
-    parser.add_argument("--observe", choices=OBSERVATIONS, default="full",
-                        help="what the policy sees: the full row (default; scores exact, eps0 = 0) "
-                        "or the row renormalised over the cache (approximate scores, eps0 > 0)")  # fmt: skip
-    parser.add_argument("--layers", help="comma-separated model layers (default: all stored)")
+    add_replay_arguments(parser, observe_default="full",
+                         observe_help="what the policy sees: the full row (default; scores exact, "
+                         "eps0 = 0) or the row renormalised over the cache (approximate scores, eps0 > 0)")  # fmt: skip
     parser.add_argument("--concave", choices=CONCAVE, default="identity",
                         help="h in f(S) = h(sum of accumulated scores): identity, sqrt(z+1), log(z+1)")  # fmt: skip
     parser.add_argument("--charge-eps0", action="store_true",
@@ -109,18 +100,9 @@ def report_lines(report: TraceBoundReport, rows: int) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     trace = Trace.load(args.trace)
-    layers = None
-    if args.layers:
-        try:
-            layers = tuple(int(part) for part in args.layers.split(","))
-        except ValueError:
-            raise ValueError(
-                f"--layers takes comma-separated integers, got {args.layers!r}"
-            ) from None
     if args.rows < 1:
         raise ValueError(f"--rows must be >= 1, got {args.rows}")
-    config = ReplayConfig(aggregation=args.aggregation, prompt_mode=args.prompt_mode,
-                          observation=args.observe, layers=layers)  # fmt: skip
+    config = replay_config_from_args(args)
     print(f"trace {args.trace}: {trace.describe()}", flush=True)
     report = trace_bound_report(trace, args.policy, args.budget, budget_of=args.budget_of,
                                 config=config, concave_name=args.concave,
@@ -143,13 +125,7 @@ def run(args: argparse.Namespace) -> int:
         payload = {"trace": str(args.trace), "config": vars(config), "summary": report.summary(),
                    "per_step_mean": {name: np.nanmean(getattr(report, name), axis=1).tolist()
                                      for name in ("ratio", "bound_ratio", "alpha", "eps0")}}  # fmt: skip
-        text = json.dumps(payload, indent=2)
-        if args.json == "-":
-            print(text)
-        else:
-            from h2osim.files import write_text
-
-            write_text(args.json, text)
+        write_json(args.json, payload)
     return 1 if len(report.violations()) else 0
 
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from h2osim.policies.base import param, register
-from h2osim.policies.h2o import AccumulatedAttention
+from h2osim.policies.h2o import H2O
 
 
 @register
 @dataclass
-class A2SF(AccumulatedAttention):
+class A2SF(H2O):
     """Score_j(t) = sum over rows s <= t-1 of forgetting^(t-1-s) x attention_s(j).
 
     Example: forgetting 0.5, token j got [0.8, 0.0, 0.0] in the last three rows -> 0.2,
@@ -26,17 +26,10 @@ class A2SF(AccumulatedAttention):
 
     name = "a2sf"
     summary = "accumulated attention with a forgetting factor (A2SF)"
-    heavy_ratio: float = param(0.5, "share of the budget for heavy hitters in h2o (rest: recent)")
-    forgetting: float = param(0.95, "a2sf: factor applied to past scores at every step (1 = h2o)")
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.heavy_ratio <= 1.0:
-            raise ValueError(f"heavy_ratio must be in [0, 1], got {self.heavy_ratio}")
-        if not 0.0 < self.forgetting <= 1.0:
-            raise ValueError(f"forgetting must be in (0, 1], got {self.forgetting}")
-
-    def recent_budget(self, budget: int) -> int:
-        return budget - int(self.heavy_ratio * budget)
+    forgetting: float = param(
+        0.95, "a2sf: factor applied to past scores at every step (1 = h2o)", low=0.0, high=1.0,
+        low_open=True,
+    )  # fmt: skip
 
     def decay(self) -> float:
         return self.forgetting

@@ -80,6 +80,11 @@ class Policy:
         """Return ``(units, count)`` positions to evict at step t; ``kept`` is ``(units, t+1)`` bool."""
         raise NotImplementedError
 
+    def __post_init__(self) -> None:
+        """Check every hyperparameter against the range its :func:`param` declares."""
+        for field in self.parameters():
+            check_parameter(field, getattr(self, field.name))
+
     @classmethod
     def parameters(cls) -> list[dataclasses.Field]:
         """The hyperparameters (dataclass fields) of this policy."""
@@ -186,6 +191,30 @@ def all_parameters() -> dict[str, dataclasses.Field]:
     return fields
 
 
-def param(default: Any, help: str) -> Any:
-    """A dataclass field with help text for the CLI and the app."""
-    return dataclasses.field(default=default, metadata={"help": help})
+def param(
+    default: Any, help: str, *, low: float | None = None, high: float | None = None,
+    low_open: bool = False,
+) -> Any:  # fmt: skip
+    """A dataclass field with help text (CLI, app) and the range :class:`Policy` checks.
+
+    Example: ``param(0.5, "share of the budget", low=0, high=1)`` rejects 1.5 with
+    "heavy_ratio must be in [0, 1], got 1.5". ``low_open`` excludes ``low`` itself.
+    """
+    return dataclasses.field(
+        default=default, metadata={"help": help, "low": low, "high": high, "low_open": low_open}
+    )
+
+
+def check_parameter(field: dataclasses.Field, value: Any) -> None:
+    """Raise ValueError when ``value`` is outside the range declared by :func:`param`."""
+    low, high = field.metadata.get("low"), field.metadata.get("high")
+    low_open = field.metadata.get("low_open", False)
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and value > high
+    if too_low or too_high:
+        left = "(" if low_open else "["
+        if high is None:
+            expected = f"> {low}" if low_open else f">= {low}"
+        else:
+            expected = f"in {left}{low}, {high}]"
+        raise ValueError(f"{field.name} must be {expected}, got {value}")

@@ -42,8 +42,12 @@ class AccumulatedAttention(ScorePolicy):
         self.accumulated_score[:, : t + 1] += observed
 
     def score(self, t: int, kept: np.ndarray) -> np.ndarray:
-        scores = self.accumulated_score[:, : t + 1].copy()  # (units, t+1)
-        scores[:, recent_mask(t, self.recent)] = np.inf
+        return self.protected_scores(t, self.recent)
+
+    def protected_scores(self, t: int, recent: int) -> np.ndarray:
+        """Accumulated scores ``(units, t+1)`` with the newest ``recent`` tokens set to +inf."""
+        scores = self.accumulated_score[:, : t + 1].copy()
+        scores[:, recent_mask(t, recent)] = np.inf
         return scores
 
 
@@ -60,11 +64,9 @@ class H2O(AccumulatedAttention):
 
     name = "h2o"
     summary = "heavy hitters (accumulated attention) + recent window"
-    heavy_ratio: float = param(0.5, "share of the budget for heavy hitters in h2o (rest: recent)")
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.heavy_ratio <= 1.0:
-            raise ValueError(f"heavy_ratio must be in [0, 1], got {self.heavy_ratio}")
+    heavy_ratio: float = param(
+        0.5, "share of the budget for heavy hitters in h2o (rest: recent)", low=0.0, high=1.0
+    )
 
     def recent_budget(self, budget: int) -> int:
         return budget - int(self.heavy_ratio * budget)

@@ -39,16 +39,10 @@ class H2ODrop(AccumulatedAttention):
     name = "h2o-drop"
     summary = "H2O real-drop code: absolute heavy/recent sizes, prompt compressed after prefill"
     prompt_mode = "full"
-    heavy_size: int = param(64, "h2o-drop: heavy-hitter slots (absolute count)")
+    heavy_size: int = param(64, "h2o-drop: heavy-hitter slots (absolute count)", low=0)
     recent_size: int = param(
-        64, "h2o-drop: recent-window slots (absolute count, besides the newest)"
+        64, "h2o-drop: recent-window slots (absolute count, besides the newest)", low=0
     )
-
-    def __post_init__(self) -> None:
-        if self.heavy_size < 0 or self.recent_size < 0:
-            raise ValueError(
-                f"heavy_size and recent_size must be >= 0, got {self.heavy_size}, {self.recent_size}"
-            )
 
     def fixed_budget(self, n: int, prompt_length: int) -> int | None:
         return self.heavy_size + self.recent_size + 1

@@ -19,13 +19,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from h2osim.policies.base import lowest_scored, param, recent_mask, register
-from h2osim.policies.h2o import AccumulatedAttention
+from h2osim.policies.base import lowest_scored, register
+from h2osim.policies.h2o import H2O
 
 
 @register
 @dataclass
-class H2OFlexGen(AccumulatedAttention):
+class H2OFlexGen(H2O):
     """Like h2o, but a token leaving the recent window is promoted, not judged, that step.
 
     Example: k=4, heavy_ratio=0.5 -> 2 heavy + 2 recent. At t=5 the candidates exclude
@@ -35,18 +35,8 @@ class H2OFlexGen(AccumulatedAttention):
     name = "h2o-flexgen"
     summary = "H2O FlexGen: heavy region + recent ring, oldest recent promoted"
     prompt_mode = "full"
-    heavy_ratio: float = param(0.5, "share of the budget for heavy hitters in h2o (rest: recent)")
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.heavy_ratio <= 1.0:
-            raise ValueError(f"heavy_ratio must be in [0, 1], got {self.heavy_ratio}")
-
-    def recent_budget(self, budget: int) -> int:
-        return budget - int(self.heavy_ratio * budget)
 
     def evict(self, t: int, kept: np.ndarray, count: int) -> np.ndarray:
         # One eviction per generated token: the ring's oldest token is being promoted.
         protected = self.recent + 1 if count == 1 else self.recent
-        scores = self.accumulated_score[:, : t + 1].copy()  # (units, t+1)
-        scores[:, recent_mask(t, protected)] = np.inf
-        return lowest_scored(scores, kept, count)
+        return lowest_scored(self.protected_scores(t, protected), kept, count)

@@ -33,11 +33,9 @@ class H2OGlobal(ScorePolicy):
     name = "h2o-global"
     summary = "H2O with global column sums (lm-eval path; sees the future)"
     online = False
-    heavy_ratio: float = param(0.5, "share of the budget for heavy hitters in h2o (rest: recent)")
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.heavy_ratio <= 1.0:
-            raise ValueError(f"heavy_ratio must be in [0, 1], got {self.heavy_ratio}")
+    heavy_ratio: float = param(
+        0.5, "share of the budget for heavy hitters in h2o (rest: recent)", low=0.0, high=1.0
+    )
 
     def reset(self, context: ReplayContext) -> None:
         super().reset(context)

@@ -35,16 +35,11 @@ class H2OMask(AccumulatedAttention):
     summary = "H2O masking simulation: budgets from the prompt, prompt in full"
     prompt_mode = "full"
     heavy_prompt_ratio: float = param(
-        0.1, "h2o-mask: heavy budget as a fraction of the prompt length"
+        0.1, "h2o-mask: heavy budget as a fraction of the prompt length", low=0.0, high=1.0
     )
     recent_prompt_ratio: float = param(
-        0.1, "h2o-mask: recent budget as a fraction of the prompt length"
+        0.1, "h2o-mask: recent budget as a fraction of the prompt length", low=0.0, high=1.0
     )
-
-    def __post_init__(self) -> None:
-        for name in ("heavy_prompt_ratio", "recent_prompt_ratio"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 
     def fixed_budget(self, n: int, prompt_length: int) -> int | None:
         heavy = int(self.heavy_prompt_ratio * prompt_length)

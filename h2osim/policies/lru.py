@@ -30,11 +30,9 @@ class LRU(ScorePolicy):
 
     name = "lru"
     summary = "least recently used (use = attention >= threshold x row max)"
-    threshold: float = param(0.01, "lru/lfu: a token is used when attention >= threshold x row max")
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
+    threshold: float = param(
+        0.01, "lru/lfu: a token is used when attention >= threshold x row max", low=0.0, high=1.0
+    )
 
     def reset(self, context: ReplayContext) -> None:
         super().reset(context)

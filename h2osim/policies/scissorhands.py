@@ -28,14 +28,10 @@ class Scissorhands(ScorePolicy):
 
     name = "scissorhands"
     summary = "drop tokens unimportant most often in a history window"
-    history: int = param(32, "scissorhands: history window (rows) for counting unimportance")
-    recent_ratio: float = param(0.25, "scissorhands: share of the budget kept as a recent window")
-
-    def __post_init__(self) -> None:
-        if self.history < 1:
-            raise ValueError(f"history must be >= 1, got {self.history}")
-        if not 0.0 <= self.recent_ratio <= 1.0:
-            raise ValueError(f"recent_ratio must be in [0, 1], got {self.recent_ratio}")
+    history: int = param(32, "scissorhands: history window (rows) for counting unimportance", low=1)
+    recent_ratio: float = param(
+        0.25, "scissorhands: share of the budget kept as a recent window", low=0.0, high=1.0
+    )
 
     def reset(self, context: ReplayContext) -> None:
         super().reset(context)

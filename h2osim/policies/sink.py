@@ -19,11 +19,7 @@ class Sink(ScorePolicy):
 
     name = "sink"
     summary = "StreamingLLM: first tokens (sinks) + recent window"
-    sinks: int = param(4, "sink tokens kept forever by the 'sink' policy")
-
-    def __post_init__(self) -> None:
-        if self.sinks < 0:
-            raise ValueError(f"sinks must be >= 0, got {self.sinks}")
+    sinks: int = param(4, "sink tokens kept forever by the 'sink' policy", low=0)
 
     def score(self, t: int, kept: np.ndarray) -> np.ndarray:
         positions = np.arange(t + 1, dtype=np.float64)
