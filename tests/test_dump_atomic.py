@@ -27,8 +27,12 @@ from h2osim.trace import Trace
 REPO = Path(__file__).resolve().parents[1]
 PAUSE_AFTER_MEMBERS = 10  # 8 header members, attention.L0, values.L0 -> then pause
 WRAPPER = textwrap.dedent(f"""
-    import sys, time
+    import signal, sys, time
     import numpy.lib.format as npy_format
+
+    # A shell without job control (CI, nohup ... &) starts children with SIGINT ignored,
+    # and Python then never raises KeyboardInterrupt; behave as under a terminal.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     original = npy_format.write_array
     written = 0
