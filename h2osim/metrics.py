@@ -40,12 +40,14 @@ def step_metrics(
     kept_mass: np.ndarray | None = None,
     row_total: np.ndarray | None = None,
     row_max: np.ndarray | None = None,
+    significant_total: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Retained mass and significant-key hit rate of one step for every unit.
 
     ``rows`` is ``(units, G, t+1)`` (a unit's G query heads), ``kept`` is ``(units, t+1)``
-    bool; ``kept_mass`` ``(units, G)`` (the rows summed over kept tokens), ``row_total`` and
-    ``row_max`` ``(units, G)`` may be passed when already computed. Rows need not sum exactly to 1 (float16 storage): mass is a
+    bool; ``kept_mass`` ``(units, G)`` (the rows summed over kept tokens), ``row_total``,
+    ``row_max`` and ``significant_total`` ``(units, G)`` (see :func:`row_statistics`) may be
+    passed when already computed. Rows need not sum exactly to 1 (float16 storage): mass is a
     share of the row total. Returns per-unit means ``(mass, hit_rate)``.
     Example: one head, row [0.5, 0.2, 0.3], kept [1, 0, 1] -> mass 0.8, hit rate 2/3.
     """
@@ -55,11 +57,34 @@ def step_metrics(
     retained = kept_mass / np.where(row_total > 0, row_total, 1.0)  # share kept
     row_max = rows.max(axis=2) if row_max is None else row_max  # (units, G)
     significant = rows >= SIGNIFICANCE * row_max[:, :, None]  # (units, G, t+1)
-    significant_total = np.count_nonzero(significant, axis=2)  # (units, G)
+    if significant_total is None:
+        significant_total = np.count_nonzero(significant, axis=2)  # (units, G)
     significant &= kept[:, None, :]
     significant_kept = np.count_nonzero(significant, axis=2)
     hit_rate = (significant_kept / np.maximum(significant_total, 1)).mean(axis=1)
     return retained.mean(axis=1), hit_rate
+
+
+def row_statistics(packed: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row of one head's packed rows ``(n(n+1)/2,)``: sum, maximum and the number of
+    significant keys (>= SIGNIFICANCE x the row maximum), each ``(n,)``.
+
+    Example: rows [1], [0.7, 0.3], [0.5, 0.004, 0.496] -> sums [1, 1, 1], maxima
+    [1, 0.7, 0.5], significant counts [1, 2, 2].
+    """
+    lengths = np.arange(1, n + 1)
+    starts = np.cumsum(lengths) - lengths
+    totals = np.add.reduceat(packed, starts, dtype=np.float64)
+    maxima = np.maximum.reduceat(packed, starts).astype(np.float64)
+    significant = packed >= np.repeat(SIGNIFICANCE * maxima, lengths)
+    return totals, maxima, np.add.reduceat(significant, starts, dtype=np.int64)
+
+
+def row_statistics_of(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`row_statistics` of one step's rows ``(units, G, t+1)``: each ``(units, G)``."""
+    maxima = rows.max(axis=2)
+    significant = np.count_nonzero(rows >= SIGNIFICANCE * maxima[:, :, None], axis=2)
+    return rows.sum(axis=2), maxima, significant
 
 
 def kept_matrix(evicted_at: np.ndarray) -> np.ndarray:

@@ -35,7 +35,7 @@ from h2osim.cli import (
     requested_policies,
 )
 from h2osim.files import write_json, write_output
-from h2osim.metrics import kept_matrix, output_error, step_metrics, summarize
+from h2osim.metrics import kept_matrix, output_error, row_statistics_of, step_metrics, summarize
 from h2osim.policies import Policy, ReplayContext, make_policy, policy_names
 from h2osim.trace import AGGREGATIONS, Trace
 
@@ -125,16 +125,32 @@ class UnitLayout:
             block = block[:, self.head_order]
         return block.reshape(self.units, self.heads_per_unit, t + 1)
 
-    def row_stats(self) -> tuple[np.ndarray, np.ndarray]:
-        """Sum and maximum of every row, each ``(n, units, G)`` float64, in :meth:`rows` order."""
-        stats = [self.trace.row_stats(layer) for layer in self.layers]
-        totals = np.stack([total for total, _ in stats])  # (L, H, n)
-        maxima = np.stack([maximum for _, maximum in stats])
-        if self.head_order is not None and not self.per_head:
-            totals, maxima = totals[:, self.head_order], maxima[:, self.head_order]
+    def row_stats(self) -> tuple[np.ndarray, ...] | None:
+        """Cached sum, maximum and significant-key count of every row, each ``(n, units, G)``
+        in :meth:`rows` order, or None when some layer has none yet."""
+        per_layer = [self.trace.row_stats(layer, compute=False) for layer in self.layers]
+        if any(stats is None for stats in per_layer):
+            return None
         shape = (self.units, self.heads_per_unit, self.trace.n)
-        return (np.moveaxis(totals.reshape(shape), 2, 0).copy(),
-                np.moveaxis(maxima.reshape(shape), 2, 0).copy())  # fmt: skip
+        arranged = []
+        for column in zip(*per_layer, strict=True):
+            stacked = np.stack(column)  # (L, H, n)
+            if self.head_order is not None and not self.per_head:
+                stacked = stacked[:, self.head_order]
+            arranged.append(np.moveaxis(stacked.reshape(shape), 2, 0).copy())
+        return tuple(arranged)
+
+    def store_row_stats(self, stats: tuple[np.ndarray, ...]) -> None:
+        """Give the trace row statistics measured during a replay (inverse of :meth:`row_stats`)."""
+        heads = self.trace.num_heads
+        per_layer = []
+        for column in stats:  # (n, units, G) -> (L, H, n)
+            by_head = np.moveaxis(column, 0, 2).reshape(len(self.layers), heads, self.trace.n)
+            if self.head_order is not None and not self.per_head:
+                by_head = by_head[:, np.argsort(self.head_order)]
+            per_layer.append(by_head)
+        for position, layer in enumerate(self.layers):
+            self.trace.set_row_stats(layer, tuple(part[position] for part in per_layer))
 
     def heads(self, unit: int) -> list[int]:
         """The query heads whose rows a unit serves."""
@@ -251,7 +267,12 @@ def replay(
     evicted_at = np.full((layout.units, n), -1, dtype=np.int32)
     retained_mass = np.empty((n, layout.units), dtype=np.float32)
     hit_rate = np.empty((n, layout.units), dtype=np.float32)
-    row_totals, row_maxima = layout.row_stats()  # (n, units, G) each
+    stats = layout.row_stats()  # (n, units, G) each, cached after a trace's first replay
+    measure_stats = stats is None
+    if measure_stats:
+        shape = (n, layout.units, layout.heads_per_unit)
+        stats = (np.empty(shape), np.empty(shape), np.empty(shape, dtype=np.int64))
+    row_totals, row_maxima, significant_totals = stats
     held = 0
     steps: Iterable[int] = range(n)
     if progress:
@@ -278,14 +299,18 @@ def replay(
             held = budget_tokens
         rows = layout.rows(t)  # (units, G, t+1) float64
         kept_mass = np.matmul(rows, kept_weight[:, : t + 1, None])[:, :, 0]  # (units, G), exact
+        if measure_stats:
+            row_totals[t], row_maxima[t], significant_totals[t] = row_statistics_of(rows)
         retained_mass[t], hit_rate[t] = step_metrics(
-            rows, kept[:, : t + 1], kept_mass, row_totals[t], row_maxima[t]
+            rows, kept[:, : t + 1], kept_mass, row_totals[t], row_maxima[t], significant_totals[t]
         )
         observed = _observe(rows, kept_mass, kept_weight[:, : t + 1], config)
         view = kept[:, : t + 1]
         view.flags.writeable = False
         policy.observe(t, observed, view)
         view.flags.writeable = True
+    if measure_stats:
+        layout.store_row_stats(stats)
     errors = layout.output_errors(evicted_at) if config.output_error and trace.has_values else None
     result = ReplayResult(
         policy=policy.name, description=policy.describe(), online=policy.online,
@@ -315,12 +340,15 @@ def _observe(
     else:
         safe_mass = np.where(kept_mass > 0, kept_mass, 1.0)[:, :, None]  # kept rows of 0 stay 0
         per_head = rows / safe_mass
-        per_head *= kept[:, None, :]
     if config.aggregation == "max":
-        return per_head.max(axis=1)
-    if config.aggregation == "mean":
-        return per_head.mean(axis=1)
-    return per_head.sum(axis=1)
+        combined = per_head.max(axis=1)
+    elif config.aggregation == "mean":
+        combined = per_head.mean(axis=1)
+    else:
+        combined = per_head.sum(axis=1)  # (units, t+1)
+    if config.observation != "full":
+        combined *= kept  # evicted tokens observe 0 (after combining: one pass, not G)
+    return combined
 
 
 def check_victims(

@@ -257,7 +257,7 @@ class Trace:
         self._source = layer_source
         self._cache: dict[str, np.ndarray] = {}
         self._outputs: dict[tuple[int, int], np.ndarray] = {}
-        self._row_stats: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._row_stats: dict[int, tuple[np.ndarray, ...]] = {}
         self._parse_header(header)
 
     # ----------------------------------------------------------------- construction
@@ -583,22 +583,28 @@ class Trace:
         stacked = np.stack([self.head_matrix(layer, int(head)) for head in heads])
         return {"sum": stacked.sum, "mean": stacked.mean, "max": stacked.max}[aggregation](axis=0)
 
-    def row_stats(self, layer: int) -> tuple[np.ndarray, np.ndarray]:
-        """Sum and maximum of every row of one layer, each ``(H, n)`` float64; cached.
+    def row_stats(self, layer: int, compute: bool = True) -> tuple[np.ndarray, ...] | None:
+        """Sum, maximum and significant-key count of every row of one layer, each ``(H, n)``
+        (see :func:`h2osim.metrics.row_statistics`); cached, since every replay needs them.
 
-        Replays use them for the retained-mass share and the significance cut-off.
+        With ``compute=False`` only a cached result is returned (else None): the replay
+        engine measures them on the fly during a trace's first replay and stores them with
+        :meth:`set_row_stats`, which saves a second decoding pass over the attention.
         """
-        if layer not in self._row_stats:
-            starts = np.array([row_start(t) for t in range(self.n)], dtype=np.int64)
+        if layer not in self._row_stats and compute:
+            from h2osim.metrics import row_statistics
+
             raw = self.layer_attention(layer)
-            totals = np.empty((self.num_heads, self.n))
-            maxima = np.empty((self.num_heads, self.n))
-            for head in range(self.num_heads):  # one head at a time bounds the memory
-                packed = self._decode(np.asarray(raw[head]))  # float32: exact for every encoding
-                totals[head] = np.add.reduceat(packed, starts, dtype=np.float64)
-                maxima[head] = np.maximum.reduceat(packed, starts)
-            self._row_stats[layer] = (totals, maxima)
-        return self._row_stats[layer]
+            stats = [row_statistics(self._decode(np.asarray(raw[head])), self.n)
+                     for head in range(self.num_heads)]  # one head at a time bounds the memory  # fmt: skip
+            self._row_stats[layer] = tuple(np.stack(column) for column in zip(*stats, strict=True))
+        return self._row_stats.get(layer)
+
+    def set_row_stats(self, layer: int, stats: tuple[np.ndarray, ...]) -> None:
+        """Cache :meth:`row_stats` of one layer measured elsewhere (three ``(H, n)`` arrays)."""
+        if len(stats) != 3 or any(np.shape(part) != (self.num_heads, self.n) for part in stats):
+            raise ValueError(f"row statistics must be three ({self.num_heads}, {self.n}) arrays")
+        self._row_stats[layer] = tuple(stats)
 
     def head_output(self, layer: int, head: int) -> np.ndarray | None:
         """Full-cache attention output of one query head per row, ``(n, d)``; cached.

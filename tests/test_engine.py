@@ -177,3 +177,22 @@ def test_engine_rejects_illegal_answers():
         replay(trace, EvictsNewest(), 3)
     with pytest.raises(RuntimeError, match="no longer cached"):
         replay(trace, EvictsTwice(), 3)
+
+
+@given(trace=traces(max_n=10), config=configs)
+def test_row_statistics_measured_in_a_replay_equal_the_direct_ones(trace, config):
+    """A trace's first replay measures row sums/maxima/significant counts on the fly and
+    caches them; they must equal the direct computation, and a second replay (which reads
+    the cache) must give the same results."""
+    first = replay(trace, make_policy("h2o"), 3, config=config)
+    layers = trace.layers.tolist() if config.layers is None else list(config.layers)
+    measured = {layer: trace.row_stats(layer, compute=False) for layer in layers}
+    trace._row_stats.clear()
+    for layer in layers:
+        direct = trace.row_stats(layer)
+        for got, want in zip(measured[layer], direct, strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
+    second = replay(trace, make_policy("h2o"), 3, config=config)
+    np.testing.assert_array_equal(second.evicted_at, first.evicted_at)
+    np.testing.assert_array_equal(second.retained_mass, first.retained_mass)
+    np.testing.assert_array_equal(second.hit_rate, first.hit_rate)
