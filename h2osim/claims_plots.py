@@ -114,9 +114,10 @@ def ablation_bars(sweep: Sequence[dict[str, Any]], live: Sequence[dict[str, Any]
                        color=STYLE[policy]["color"])  # fmt: skip
     axes[0][0].set_xticks(np.arange(len(traces)) + width, traces)
     axes[0][0].set_ylabel("retained attention mass")
-    axes[0][0].set_ylim(0, 1)
+    axes[0][0].set_ylim(0, 1.18)  # headroom: the legend sits above the bars
+    axes[0][0].set_yticks(np.linspace(0, 1, 6))
     axes[0][0].set_title(f"replay, budget {budget:g}")
-    axes[0][0].legend(fontsize=8)
+    axes[0][0].legend(fontsize=8, loc="upper center", ncol=3)
     if live:
         texts = list(dict.fromkeys(r["text"] for r in live))
         for i, (policy, label) in enumerate(halves):
