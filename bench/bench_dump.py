@@ -25,8 +25,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from h2osim.dump import record, to_trace  # noqa: E402
 from h2osim.model import encode_text, load_model, pydoc_text, set_threads  # noqa: E402
+from h2osim.model.recorder import record, to_trace  # noqa: E402
 from h2osim.trace import Trace, row_start  # noqa: E402
 
 

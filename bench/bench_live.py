@@ -36,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from h2osim.live import LiveConfig, run_group  # noqa: E402
+from h2osim.model.live import LiveConfig, run_group  # noqa: E402
 from h2osim.policies import make_policy  # noqa: E402
 
 LONG_TOPICS = ("comparisons", "assignment", "execmodel", "strings")

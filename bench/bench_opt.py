@@ -34,13 +34,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from h2osim.engine import ReplayConfig  # noqa: E402
 from h2osim.oracles import (  # noqa: E402
     eviction_counts,
     solve_assignment,
     solve_lp,
     solve_transport_lp,
 )
-from h2osim.replay import ReplayConfig, UnitLayout  # noqa: E402
 from h2osim.synthetic import synthetic_trace  # noqa: E402
 from h2osim.trace import Trace, pack_lower, quantize_rows, unpack_lower  # noqa: E402
 
@@ -118,7 +118,7 @@ def main() -> None:
         print("\nopt per unit on the shipped real traces (every stored layer and KV head)")
         for path in sorted(glob.glob("traces/smollm2-*.npz")):
             trace = Trace.load(path)
-            layout = UnitLayout(trace, ReplayConfig())
+            layout = ReplayConfig().layout(trace)
             counts = eviction_counts(trace.n, trace.n // 5, trace.prompt_length)
             times = []
             for unit in range(layout.units):

@@ -27,8 +27,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from h2osim.cli import limit_threads  # noqa: E402
+from h2osim.engine import replay  # noqa: E402
 from h2osim.policies import make_policy  # noqa: E402
-from h2osim.replay import replay  # noqa: E402
 from h2osim.synthetic import synthetic_trace  # noqa: E402
 from h2osim.trace import Trace, row_start  # noqa: E402
 from tests.reference_replay import reference_replay  # noqa: E402

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import shlex
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from h2osim.trace import TraceError
+from h2osim.errors import TraceError, UserError
 
+MODEL_STACK = ("torch", "transformers", "gguf", "safetensors")  # what the model tools import
 USER_ERRORS = (
     TraceError,
     ValueError,
@@ -19,10 +21,6 @@ USER_ERRORS = (
     PermissionError,
     IsADirectoryError,
 )
-
-
-class UserError(Exception):
-    """Raised by CLIs for bad input that is not a ValueError (e.g. a missing install)."""
 
 
 def limit_threads(threads: int | None = None) -> int:
@@ -102,24 +100,57 @@ def parse_layers(spec: str | None, num_layers: int | None = None) -> list[int] |
     return sorted(layers)
 
 
+def format_table(records: list[dict[str, Any]], columns: Sequence[tuple[str, str, str]]) -> str:
+    """A plain-text table; ``columns`` are (key, header, format) triples."""
+    cells = [[header for _, header, _ in columns]]
+    for record in records:
+        cells.append(
+            [
+                "-" if record.get(key) is None else format(record[key], spec)
+                for key, _, spec in columns
+            ]
+        )
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    lines = ["  ".join(cell.rjust(width) if i else cell.ljust(width)
+                       for i, (cell, width) in enumerate(zip(row, widths, strict=True)))
+             for row in cells]  # fmt: skip
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------ replay options
-def add_replay_arguments(
-    parser: argparse.ArgumentParser, observe_default: str = "renormalized", observe_help: str = ""
+def add_cache_arguments(
+    parser: argparse.ArgumentParser,
+    aggregations: Sequence[str] | None = None,
+    sequence: str = "sequence length",
 ) -> None:
-    """``--budget --budget-of --aggregation --prompt-mode --observe --layers``: how a trace is
-    replayed, shared by every CLI that replays (see :class:`h2osim.replay.ReplayConfig`)."""
-    from h2osim.replay import BUDGET_BASES, GQA_MODES, OBSERVATIONS, PROMPT_MODES
+    """``--budget --budget-of --aggregation --prompt-mode``: the cache every unit keeps, shared
+    by replay and live eviction (see :class:`h2osim.schedule.CacheSchedule`).
+    ``aggregations`` narrows the GQA choices (live eviction has no per-head caches);
+    ``sequence`` says what the sequence is for this tool."""
+    from h2osim.engine import BUDGET_BASES, GQA_MODES, PROMPT_MODES
 
     parser.add_argument("--budget", default="0.2",
                         help="tokens per cache unit: a fraction in (0, 1] or a count > 1 (default 0.2)")  # fmt: skip
     parser.add_argument("--budget-of", choices=BUDGET_BASES, default="sequence",
-                        help="what a fractional budget is a fraction of (default: sequence length)")  # fmt: skip
-    parser.add_argument("--aggregation", choices=GQA_MODES, default="sum",
-                        help="how a KV head's query heads combine their scores, or one cache per "
-                        "query head (default sum)")  # fmt: skip
+                        help=f"what a fractional budget is a fraction of (default: the {sequence})")  # fmt: skip
+    parser.add_argument("--aggregation", choices=aggregations or GQA_MODES, default="sum",
+                        help="how a KV head's query heads combine their scores"
+                        + ("" if aggregations else ", or one cache per query head")
+                        + " (default sum)")  # fmt: skip
     parser.add_argument("--prompt-mode", choices=PROMPT_MODES, default="stream",
                         help="stream: prompt rows evict like decode rows; full: prompt attended in "
                         "full, eviction after prefill")  # fmt: skip
+
+
+def add_replay_arguments(
+    parser: argparse.ArgumentParser, observe_default: str = "renormalized", observe_help: str = ""
+) -> None:
+    """:func:`add_cache_arguments` plus ``--observe --layers``: how a trace is replayed, shared
+    by every CLI that replays (see :class:`h2osim.engine.ReplayConfig`)."""
+    from h2osim.engine import OBSERVATIONS
+
+    add_cache_arguments(parser)
     parser.add_argument("--observe", choices=OBSERVATIONS, default=observe_default,
                         help=observe_help or "what policies observe: the row renormalised over kept "
                         f"tokens or the full row (default {observe_default})")  # fmt: skip
@@ -129,8 +160,8 @@ def add_replay_arguments(
 
 
 def replay_config_from_args(args: argparse.Namespace, **extra: Any):
-    """The :class:`h2osim.replay.ReplayConfig` that :func:`add_replay_arguments` describes."""
-    from h2osim.replay import ReplayConfig
+    """The :class:`h2osim.engine.ReplayConfig` that :func:`add_replay_arguments` describes."""
+    from h2osim.engine import ReplayConfig
 
     layers = parse_layers(args.layers)
     return ReplayConfig(aggregation=args.aggregation, prompt_mode=args.prompt_mode,
@@ -198,7 +229,8 @@ def run_model_cli(
     metadata of what it writes."""
     arguments = list(sys.argv[1:] if argv is None else argv)
     try:
-        import h2osim.model  # noqa: F401  (torch + transformers)
+        for name in MODEL_STACK:  # loaded by name: the CLI layer itself never imports torch
+            importlib.import_module(name)
     except ImportError as exc:
         print(f"{prog}: error: the model stack is not installed ({exc}); "
               "run `make setup` (or pip install -e '.[model]')", file=sys.stderr)  # fmt: skip

@@ -1,286 +1,27 @@
-"""Dump attention traces from a real model: ``python -m h2osim.dump -o trace.npz``.
+"""``python -m h2osim.dump -o trace.npz``: dump an attention trace from a real model.
 
-Runs a causal LM with a full (never evicted) KV cache over a prompt, then decodes
-``--max-new-tokens`` tokens one at a time, and records every attention row of the
-chosen layers: prompt rows from the prefill (chunked, ``--prefill-chunk``), one row
-per decoded token after that, plus the value vectors left in the cache. The result is a
-trace in the v1 format (h2osim.trace) with metadata saying exactly how it was made.
-
-Follows the H2O paper's setting (Zhang et al. 2023, Sec. 3: attention of pre-trained
-models at inference) with transformers' eager attention, the only implementation that
-returns attention weights; a model that returns none is refused. Batch size 1.
-
-Exactness (tested on SmolLM2): rows from prefill + decode equal one forward pass over
-the same tokens within 1e-5 in float32; the stored values are the cache's own tensors.
+The command line over :mod:`h2osim.model.recorder`: choose a text (a pydoc topic, a file
+or a prompt, optionally chat-wrapped), how many tokens to decode, which layers and how
+to store them; the recorder runs the model with a full KV cache and writes a v1 trace
+(docs/trace-format.md) atomically, with metadata saying exactly how it was made.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import signal
 import sys
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from h2osim.cli import parse_layers, run_model_cli
-from h2osim.trace import DEFAULT_LEVELS, ENCODINGS, Trace, packed_size, row_start
-
-DEFAULT_MAX_TOKENS = 1024  # guard: a full 30-layer SmolLM2 trace at n=1024 is ~280 MB in fp16
-DEFAULT_PREFILL_CHUNK = 512  # bounds prefill memory: layers x heads x chunk x n attention floats
+from h2osim.model.recorder import DEFAULT_MAX_TOKENS, DEFAULT_PREFILL_CHUNK
+from h2osim.trace import DEFAULT_LEVELS, ENCODINGS, Trace
 
 
-@dataclass
-class Recording:
-    """One traced run: tokens, packed attention rows and values of the recorded layers."""
-
-    token_ids: list[int]
-    prompt_length: int
-    layers: list[int]
-    attention: dict[int, np.ndarray]  # layer -> (H, n(n+1)/2), empty without capture
-    values: dict[int, np.ndarray] | None  # layer -> (KVH, n, head_dim) float32
-    stopped_at_eos: bool
-    prefill_seconds: float
-    decode_seconds: float
-    cache: Any = field(default=None, repr=False)  # the model's DynamicCache after the run
-
-    @property
-    def n(self) -> int:
-        return len(self.token_ids)
-
-    @property
-    def decode_steps(self) -> int:
-        return self.n - self.prompt_length
-
-
-class _RowStore:
-    """Preallocated packed lower triangles, filled block by block as the model runs."""
-
-    def __init__(self, layers: Sequence[int], num_heads: int, n_max: int, dtype) -> None:
-        self.layers = list(layers)
-        self.num_heads = num_heads
-        self.packed = {layer: np.zeros((num_heads, packed_size(n_max)), dtype=dtype)
-                       for layer in self.layers}  # fmt: skip
-
-    def add_block(self, attentions, start: int, stop: int) -> None:
-        """Rows ``start..stop-1`` from one forward pass: ``attentions[l]`` is (1, H, stop-start, stop)."""
-        import torch
-
-        if attentions is None:
-            raise _no_weights("the forward pass returned no attentions")
-        begin, end = row_start(start), row_start(stop)
-        chosen = []
-        for layer in self.layers:
-            weights = attentions[layer] if layer < len(attentions) else None
-            if weights is None:
-                raise _no_weights(f"layer {layer} returned no attention weights")
-            want = (1, self.num_heads, stop - start, stop)
-            if tuple(weights.shape) != want:
-                raise ValueError(
-                    f"layer {layer} returned attention of shape {tuple(weights.shape)} at rows "
-                    f"{start}..{stop - 1}, expected {want}: a sliding-window or otherwise "
-                    "limited cache cannot be traced; choose full-attention layers with --layers"
-                )
-            chosen.append(weights)
-        if stop - start == 1:  # one decode row per layer: one stacked copy (one GPU sync)
-            decode_rows = torch.stack([w[0, :, 0] for w in chosen]).float().cpu().numpy()
-            for layer, layer_rows in zip(self.layers, decode_rows, strict=True):
-                self.packed[layer][:, begin:end] = layer_rows  # (H, t+1)
-            return
-        lengths = np.arange(start + 1, stop + 1)  # row t holds t+1 entries
-        block_rows = np.repeat(np.arange(stop - start), lengths)
-        block_cols = np.arange(end - begin) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        index_cache: dict[Any, tuple[Any, Any]] = {}  # device -> (rows, cols) of the block
-        for layer, weights in zip(self.layers, chosen, strict=True):
-            if weights.device not in index_cache:
-                index_cache[weights.device] = (
-                    torch.as_tensor(block_rows, device=weights.device),
-                    torch.as_tensor(block_cols, device=weights.device),
-                )
-            rows, cols = index_cache[weights.device]
-            gathered = weights[0][:, rows, cols]  # (H, entries of rows start..stop-1)
-            self.packed[layer][:, begin:end] = gathered.float().cpu().numpy()
-
-    def truncated(self, n: int) -> dict[int, np.ndarray]:
-        """The packed arrays for the first n rows (rows are stored in order, so a prefix)."""
-        return {layer: packed[:, : packed_size(n)] for layer, packed in self.packed.items()}
-
-
-def _no_weights(what: str) -> Exception:
-    from h2osim.model import AttentionUnavailableError
-
-    return AttentionUnavailableError(
-        f"{what}; attention weights need attn_implementation='eager' (sdpa/flash kernels "
-        "never materialise them)"
-    )
-
-
-def record(
-    model,
-    prompt_ids: Sequence[int],
-    *,
-    max_new_tokens: int = 0,
-    layers: Sequence[int] | None = None,
-    capture: bool = True,
-    store_values: bool = True,
-    forced_tokens: Sequence[int] | None = None,
-    seed: int | None = None,
-    temperature: float = 1.0,
-    stop_token_ids: Sequence[int] = (),
-    prefill_chunk: int | None = DEFAULT_PREFILL_CHUNK,
-    attention_dtype=np.float32,
-    progress: bool = False,
-) -> Recording:
-    """Run ``model`` over ``prompt_ids`` then decode, recording attention rows.
-
-    Decoding is greedy (argmax) unless ``seed`` is given (sampling at ``temperature``),
-    or replays ``forced_tokens`` (teacher forcing; used to time the same tokens with and
-    without capture). Decoding stops after a token in ``stop_token_ids`` (that token's
-    row is recorded). ``capture=False`` runs the identical loop without asking for
-    attention weights - the benchmark's baseline.
-    """
-    import torch
-    from tqdm import tqdm
-    from transformers import DynamicCache
-
-    from h2osim.model import attention_shape, require_attention_weights
-
-    if capture:
-        require_attention_weights(model)
-    prompt = [int(token) for token in prompt_ids]
-    if not prompt:
-        raise ValueError("the prompt has no tokens")
-    if max_new_tokens < 0:
-        raise ValueError(f"--max-new-tokens must be >= 0, got {max_new_tokens}")
-    if forced_tokens is not None and len(forced_tokens) < max_new_tokens:
-        raise ValueError(f"forced_tokens has {len(forced_tokens)} tokens, need {max_new_tokens}")
-    if temperature <= 0:
-        raise ValueError(f"--temperature must be > 0, got {temperature}")
-    if prefill_chunk is not None and prefill_chunk < 1:
-        raise ValueError(f"--prefill-chunk must be >= 1, got {prefill_chunk}")
-    num_layers, num_heads, _, _ = attention_shape(model.config)
-    chosen = list(range(num_layers)) if layers is None else [int(layer) for layer in layers]
-    parse_layers(",".join(map(str, chosen)), num_layers)  # range check
-    device = next(model.parameters()).device
-    prompt_length = len(prompt)
-    n_max = prompt_length + max_new_tokens
-    store = _RowStore(chosen, num_heads, n_max, attention_dtype) if capture else None
-    generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    stops = {int(token) for token in stop_token_ids}
-    cache = DynamicCache(config=model.config)
-    token_ids = list(prompt)
-    stopped = False
-    bar = tqdm(total=n_max, unit="tok", desc="tracing", disable=not progress, file=sys.stderr,
-               dynamic_ncols=True)  # fmt: skip
-    with torch.inference_mode(), bar:
-        started = time.perf_counter()
-        chunk = prefill_chunk or prompt_length
-        for start in range(0, prompt_length, chunk):
-            stop = min(prompt_length, start + chunk)
-            ids = torch.tensor([prompt[start:stop]], device=device)
-            output = model(ids, cache=cache, use_cache=True, output_attentions=capture,
-                           logits_to_keep=1)  # fmt: skip
-            if store is not None:
-                store.add_block(output.attentions, start, stop)
-            bar.update(stop - start)
-        prefill_seconds = time.perf_counter() - started
-        if progress:
-            bar.set_postfix_str(f"prefill {prompt_length / max(prefill_seconds, 1e-9):.0f} tok/s")
-        started = time.perf_counter()
-        logits = output.logits[0, -1]
-        for step in range(max_new_tokens):
-            if forced_tokens is not None:
-                token = int(forced_tokens[step])
-            elif generator is None:
-                token = int(torch.argmax(logits))
-            else:
-                probabilities = torch.softmax(logits.float().cpu() / temperature, dim=-1)
-                token = int(torch.multinomial(probabilities, 1, generator=generator))
-            token_ids.append(token)
-            t = len(token_ids) - 1
-            ids = torch.tensor([[token]], device=device)
-            output = model(ids, cache=cache, use_cache=True, output_attentions=capture)
-            if store is not None:
-                store.add_block(output.attentions, t, t + 1)
-            logits = output.logits[0, -1]
-            bar.update(1)
-            if progress:
-                rate = (step + 1) / max(time.perf_counter() - started, 1e-9)
-                bar.set_postfix_str(f"decode {rate:.1f} tok/s")
-            if forced_tokens is None and token in stops:
-                stopped = True
-                break
-        decode_seconds = time.perf_counter() - started
-    n = len(token_ids)
-    values = None
-    if store_values and capture:
-        values = {}
-        for layer in chosen:
-            stored = cache.layers[layer].values  # (1, KVH, n, d)
-            if stored.shape[0] != 1 or stored.shape[2] != n:
-                raise ValueError(
-                    f"layer {layer}'s cache holds values of shape {tuple(stored.shape)}, "
-                    f"expected (1, KV heads, {n}, head_dim): not a full cache"
-                )
-            values[layer] = stored[0].float().cpu().numpy()
-    return Recording(
-        token_ids=token_ids, prompt_length=prompt_length, layers=chosen,
-        attention=store.truncated(n) if store is not None else {}, values=values,
-        stopped_at_eos=stopped, prefill_seconds=prefill_seconds, decode_seconds=decode_seconds,
-        cache=cache,
-    )  # fmt: skip
-
-
-def stop_tokens(model, tokenizer) -> list[int]:
-    """End-of-sequence ids from the tokenizer and the generation config."""
-    ids: set[int] = set()
-    candidates = [getattr(tokenizer, "eos_token_id", None)]
-    generation = getattr(model, "generation_config", None)
-    candidates.append(getattr(generation, "eos_token_id", None))
-    for candidate in candidates:
-        if isinstance(candidate, int):
-            ids.add(candidate)
-        elif isinstance(candidate, (list, tuple)):
-            ids.update(int(c) for c in candidate)
-    return sorted(ids)
-
-
-def to_trace(recording: Recording, tokenizer, info, metadata: dict[str, Any] | None = None,
-             validate: bool = True) -> Trace:  # fmt: skip
-    """A v1 :class:`Trace` (in memory) from a recording, with model metadata merged in."""
-    from h2osim.model import library_versions, token_pieces
-
-    if not recording.attention:
-        raise ValueError("this recording was made without capture; it holds no attention")
-    full_metadata = {
-        "tool": "h2osim.dump",
-        "model": info.name,
-        "model_sha256": info.source_sha256,
-        "model_info": info.metadata(),
-        "library_versions": library_versions(),
-        "device": info.device,
-        "dtype": info.dtype,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "prompt_length": recording.prompt_length,
-        "decode_steps": recording.decode_steps,
-        "stopped_at_eos": recording.stopped_at_eos,
-        "prefill_seconds": round(recording.prefill_seconds, 3),
-        "decode_seconds": round(recording.decode_seconds, 3),
-    } | dict(metadata or {})
-    return Trace.from_arrays(
-        recording.attention, head_map=info.head_map, token_ids=recording.token_ids,
-        tokens=token_pieces(tokenizer, recording.token_ids), prompt_length=recording.prompt_length,
-        layers=recording.layers, values=recording.values, metadata=full_metadata, validate=validate,
-    )  # fmt: skip
-
-
-# --------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
     from h2osim.model import add_model_arguments, add_text_arguments
 
@@ -342,6 +83,7 @@ def _check_output(path: str) -> Path:
 
 def run(args: argparse.Namespace, command: str = "") -> int:
     from h2osim.model import encode_text, load_model_from_args, text_source_from_args
+    from h2osim.model.recorder import record, stop_tokens, to_trace
 
     target = _check_output(args.output)  # cheap checks first: loading takes seconds
     layer_spec = parse_layers(args.layers)

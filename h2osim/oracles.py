@@ -1,12 +1,12 @@
 """Offline optima of the engine's eviction problem: exact solvers, Belady, the per-step bound.
 
-DESIGN.md, "Oracles and theory". The problem, per cache unit, is exactly what
-:func:`h2osim.replay.replay` replays: step t admits token t; the engine asks for
+docs/theory.md, "The oracles". The problem, per cache unit, is exactly what
+:func:`h2osim.engine.replay` replays: step t admits token t; the engine asks for
 ``counts[t]`` evictions among the cached tokens older than t (:func:`eviction_counts`:
 one per step once the cache is full, or several at once right after a fully attended
 prompt); row t is then served over what is kept; evicted tokens never return. The
 objective is the total retained mass ``sum_t sum_{j kept at t} W[t, j]`` where ``W`` is
-the unit's metric weights (:meth:`h2osim.replay.UnitLayout.weights`), so maximising it
+the unit's metric weights (:meth:`h2osim.units.UnitLayout.weights`), so maximising it
 maximises the engine's ``retained_mass`` metric for every aggregation.
 
 Evicting token j at step t loses ``F[t, j] = sum_{s >= t} W[s, j]`` (its whole future
@@ -30,42 +30,28 @@ with many near-equal tiny costs its search is slow (see bench/bench_opt.py).
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
 
+from h2osim.metrics import summarize
 from h2osim.policies.base import Policy, ReplayContext
-
-PROMPT_MODES = ("stream", "full")
+from h2osim.schedule import CacheSchedule, cache_sizes, resolve_budget
 
 
 def eviction_counts(
     n: int, budget: int, prompt_length: int, prompt_mode: str = "stream"
 ) -> np.ndarray:
-    """``(n,)`` int64: how many tokens the engine evicts at each step (mirrors ``replay``).
+    """``(n,)`` int64: how many tokens the engine evicts at each step - the step rule of
+    :class:`h2osim.schedule.CacheSchedule`, seen whole.
 
     Examples: n=5, k=2, stream -> [0, 0, 1, 1, 1]; n=5, k=2, prompt 3, full -> [0, 0, 0, 2, 1]
     (nothing leaves during the prompt, then the cache shrinks from 4 to 2 at once).
     """
-    if prompt_mode not in PROMPT_MODES:
-        raise ValueError(f"prompt mode must be one of {PROMPT_MODES}, got {prompt_mode!r}")
-    if budget < 1:
-        raise ValueError(f"budget must be >= 1 token, got {budget}")
-    counts = np.zeros(n, dtype=np.int64)
-    held = 0
-    for t in range(n):
-        held += 1
-        if held > budget and not (prompt_mode == "full" and t < prompt_length):
-            counts[t] = held - budget
-            held = budget
-    return counts
-
-
-def cache_sizes(counts: np.ndarray) -> np.ndarray:
-    """``(n,)``: tokens held when row t is served. Example: counts [0, 0, 1, 1] -> [1, 2, 2, 2]."""
-    return np.arange(1, len(counts) + 1) - np.cumsum(counts)
+    return CacheSchedule(budget, prompt_length, prompt_mode).counts(n)
 
 
 def future_mass(weights: np.ndarray) -> np.ndarray:
@@ -372,6 +358,64 @@ def topk_per_step(weights: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     return np.diagonal(weights) + older_part
 
 
+# --------------------------------------------------------------------------- the topk bound
+# At each step, the most retained mass any cache of the engine's size could hold is the top
+# of the current row (the newest token included, since the engine always keeps it; during a
+# fully attended prompt, everything). Summed over steps this bounds ``opt`` and so every
+# policy. A cache that may re-admit evicted tokens is not a cache the engine can replay, so
+# ``topk`` is NOT a registered policy: :func:`topk_bound` computes it from the same metric
+# weights and cache sizes the engine uses and returns a :class:`BoundResult` that the replay
+# table and plots show as one more row (``python -m h2osim.replay ... --policy opt`` adds
+# it). It has no hit rate, no output error and no schedule.
+NAME = "topk"
+
+
+@dataclass
+class BoundResult:
+    """The per-step bound, shaped like the parts of a ReplayResult that tables and plots read."""
+
+    budget: int
+    n: int
+    prompt_length: int
+    config: Any  # the ReplayConfig it was computed for
+    unit_labels: tuple[tuple[int, int], ...]
+    retained_mass: np.ndarray  # (n, units) float64: the bound per step and unit
+    seconds: float = 0.0
+    summary: dict[str, float | None] = field(default_factory=dict)
+    policy: str = NAME
+    description: str = "topk (bound: per-step best, re-admission allowed)"
+    online: bool = False
+
+    def record(self) -> dict[str, Any]:
+        return {"policy": self.policy, "description": self.description, "online": self.online,
+                "bound": True, "budget": self.budget, "budget_fraction": self.budget / self.n,
+                "prompt_mode": self.config.prompt_mode, **self.summary,
+                "seconds": round(self.seconds, 4)}  # fmt: skip
+
+
+def topk_bound(trace, budget: float | int | str = 0.2, *, budget_of: str = "sequence",
+               config=None) -> BoundResult:  # fmt: skip
+    """The ``topk`` bound of ``trace`` at ``budget`` under ``config`` (a ReplayConfig).
+
+    Example: one unit, rows [[1], [0.5, 0.5], [0.9, 0.05, 0.05]], k=2 -> per step
+    [1, 1, 0.95] (row 2 keeps token 0 and the newest).
+    """
+    from h2osim.engine import ReplayConfig
+
+    config = config or ReplayConfig()
+    started = time.perf_counter()
+    layout = config.layout(trace)
+    n, prompt = trace.n, trace.prompt_length
+    budget_tokens = resolve_budget(budget, n, prompt, budget_of)
+    sizes = cache_sizes(eviction_counts(n, budget_tokens, prompt, config.prompt_mode))
+    bound = np.stack([topk_per_step(layout.weights(u), sizes) for u in range(layout.units)], 1)
+    summary = summarize(bound, np.zeros_like(bound), None, prompt)
+    summary["hit_rate"] = None  # a bound has no cache, so no hit rate
+    return BoundResult(budget=budget_tokens, n=n, prompt_length=prompt, config=config,
+                       unit_labels=layout.labels, retained_mass=bound,
+                       seconds=time.perf_counter() - started, summary=summary)  # fmt: skip
+
+
 # --------------------------------------------------------------------------- policies
 def unit_weights(context: ReplayContext, unit: int) -> np.ndarray:
     """The unit's metric weights from the engine, or (for hand-built contexts that carry
@@ -397,9 +441,8 @@ class ScheduledPolicy(Policy):
 
     def reset(self, context: ReplayContext) -> None:
         super().reset(context)
-        self.counts = eviction_counts(
-            context.n, context.budget, context.prompt_length, context.prompt_mode
-        )
+        self.counts = CacheSchedule(context.budget, context.prompt_length,
+                                    context.prompt_mode).counts(context.n)  # fmt: skip
         self.offsets = np.concatenate([[0], np.cumsum(self.counts)])  # (n+1,)
         self.victims = np.zeros((context.units, int(self.counts.sum())), dtype=np.int64)
         self.planned_retained = np.zeros(context.units)  # (units,) total retained per unit

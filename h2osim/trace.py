@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from h2osim.errors import TraceError
 from h2osim.files import atomic_write
 
 FORMAT_VERSION = 1
@@ -64,13 +65,25 @@ _REQUIRED_KEYS = ("format_version", "layers", "head_map", "prompt_length", "toke
                   "tokens", "metadata", "attention_encoding")  # fmt: skip
 
 
-class TraceError(ValueError):
-    """A trace file or array set that breaks the v1 contract; the message says what."""
-
-
 # What reading a damaged zip/npy can raise; all become TraceError.
 _READ_ERRORS = (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, SyntaxError,
                 struct.error, OverflowError, NotImplementedError, RuntimeError)  # fmt: skip
+
+
+def aggregate_heads(scores: np.ndarray, aggregation: str, axis: int) -> np.ndarray:
+    """Combine a KV group's query heads along ``axis``: the one GQA rule of h2osim.
+
+    Replay, live eviction and the oracles all call it, so a unit's score means the same
+    everywhere. Example: heads [[0.5, 0.5], [0.9, 0.1]] along axis 0 -> sum [1.4, 0.6],
+    mean [0.7, 0.3], max [0.9, 0.5].
+    """
+    if aggregation == "sum":
+        return scores.sum(axis=axis)
+    if aggregation == "mean":
+        return scores.mean(axis=axis)
+    if aggregation == "max":
+        return scores.max(axis=axis)
+    raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
 
 
 def packed_size(n: int) -> int:
@@ -575,13 +588,11 @@ class Trace:
 
     def unit_matrix(self, layer: int, kv_head: int, aggregation: str = "sum") -> np.ndarray:
         """Dense ``(n, n)`` matrix of one cache unit: its query heads' rows aggregated."""
-        if aggregation not in AGGREGATIONS:
-            raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
         heads = np.flatnonzero(self.head_map == kv_head)
         if heads.size == 0:
             raise KeyError(f"KV head {kv_head} out of range (this trace has {self.num_kv_heads})")
-        stacked = np.stack([self.head_matrix(layer, int(head)) for head in heads])
-        return {"sum": stacked.sum, "mean": stacked.mean, "max": stacked.max}[aggregation](axis=0)
+        stacked = np.stack([self.head_matrix(layer, int(head)) for head in heads])  # (G, n, n)
+        return aggregate_heads(stacked, aggregation, axis=0)
 
     def row_stats(self, layer: int, compute: bool = True) -> tuple[np.ndarray, ...] | None:
         """Sum, maximum and significant-key count of every row of one layer, each ``(H, n)``

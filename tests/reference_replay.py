@@ -12,14 +12,14 @@ import math
 
 import numpy as np
 
+from h2osim.engine import ReplayConfig, resolve_budget
 from h2osim.metrics import OUTPUT_NORM_FLOOR, SIGNIFICANCE
 from h2osim.policies import ReplayContext, ScorePolicy
-from h2osim.replay import ReplayConfig, UnitLayout, resolve_budget
 
 
 def reference_replay(trace, policy, budget, *, budget_of="sequence", config=None):
     config = config or ReplayConfig()
-    layout = UnitLayout(trace, config)
+    layout = config.layout(trace)
     n, prompt = trace.n, trace.prompt_length
     fixed = policy.fixed_budget(n, prompt)
     k = resolve_budget(budget, n, prompt, budget_of) if fixed is None else fixed

@@ -119,7 +119,7 @@ def eviction_problems(draw, max_n: int = 8) -> tuple[np.ndarray, np.ndarray]:
 @st.composite
 def replay_configs(draw):
     """Any ReplayConfig the engine accepts (all layers)."""
-    from h2osim.replay import GQA_MODES, OBSERVATIONS, PROMPT_MODES, ReplayConfig
+    from h2osim.engine import GQA_MODES, OBSERVATIONS, PROMPT_MODES, ReplayConfig
 
     return ReplayConfig(aggregation=draw(st.sampled_from(GQA_MODES)),
                         prompt_mode=draw(st.sampled_from(PROMPT_MODES)),

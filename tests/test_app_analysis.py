@@ -63,7 +63,7 @@ def test_cache_states_known_answer():
 
 
 def test_cache_states_agree_with_the_replay(synthetic_small):
-    from h2osim.replay import replay
+    from h2osim.engine import replay
 
     result = replay(synthetic_small, "h2o", 0.25)
     for t in (5, 20, synthetic_small.n - 1):

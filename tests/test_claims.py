@@ -12,14 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from h2osim import claims_table as table
-from h2osim.claims import (
+from h2osim.claims import main
+from h2osim.engine import ReplayConfig, replay
+from h2osim.studies import claims_table as table
+from h2osim.studies.claims import (
     QUICK,
     Settings,
     build_payload,
     early_positions,
     load_payload,
-    main,
     measure,
     path_parameters,
     score_by_position,
@@ -27,8 +28,7 @@ from h2osim.claims import (
     uniform_score,
     update_readme,
 )
-from h2osim.claims_table import FAILS, HOLDS, MISSING, PARTLY, VERDICTS
-from h2osim.replay import ReplayConfig, replay
+from h2osim.studies.claims_table import FAILS, HOLDS, MISSING, PARTLY, VERDICTS
 from h2osim.trace import Trace
 
 REPO = Path(__file__).resolve().parents[1]

@@ -27,8 +27,8 @@ def loaded():
 @pytest.fixture(scope="module")
 def traced(loaded):
     """A float32 recording of every layer: ~16 prompt tokens (prefilled in chunks of 5) + 8."""
-    from h2osim.dump import record
     from h2osim.model import encode_text
+    from h2osim.model.recorder import record
 
     model, tokenizer, _ = loaded
     prompt = encode_text(tokenizer, SHORT_TEXT)
@@ -129,7 +129,7 @@ def test_greedy_decoding_matches_generate(loaded, traced):
 
 @pytest.mark.model
 def test_sampling_is_reproducible_with_a_seed(loaded):
-    from h2osim.dump import record
+    from h2osim.model.recorder import record
 
     model, tokenizer, _ = loaded
     prompt = tokenizer("Once upon a time")["input_ids"]
@@ -141,8 +141,8 @@ def test_sampling_is_reproducible_with_a_seed(loaded):
 
 @pytest.mark.model
 def test_saved_trace_loads_validates_and_replays(loaded, traced, tmp_path):
-    from h2osim.dump import to_trace
-    from h2osim.replay import replay
+    from h2osim.engine import replay
+    from h2osim.model.recorder import to_trace
 
     model, tokenizer, info = loaded
     trace = to_trace(traced, tokenizer, info, {"command": "test"})
@@ -167,8 +167,8 @@ def test_saved_trace_loads_validates_and_replays(loaded, traced, tmp_path):
 
 @pytest.mark.model
 def test_eager_attention_is_required(loaded):
-    from h2osim.dump import record
     from h2osim.model import AttentionUnavailableError, load_model
+    from h2osim.model.recorder import record
 
     model, _, _ = load_model(attn_implementation="sdpa")
     with pytest.raises(AttentionUnavailableError, match="eager"):
@@ -284,8 +284,8 @@ def _cuda_available() -> bool:
 @pytest.mark.skipif(not _cuda_available(), reason="needs a CUDA GPU (runs on GPU machines only)")
 def test_cuda_rows_match_the_cpu_rows(loaded, traced):
     """On a GPU box: the same tokens traced on CUDA give rows within 1e-3 of the CPU trace."""
-    from h2osim.dump import record
     from h2osim.model import load_model
+    from h2osim.model.recorder import record
 
     gpu_model, _, info = load_model(device="cuda")
     assert info.device.startswith("cuda")

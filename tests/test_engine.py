@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from h2osim.engine import GQA_MODES, OBSERVATIONS, PROMPT_MODES, ReplayConfig, replay
 from h2osim.policies import Policy, make_policy, policy_class, policy_names
-from h2osim.replay import GQA_MODES, OBSERVATIONS, PROMPT_MODES, ReplayConfig, replay
 from h2osim.synthetic import synthetic_trace
 from h2osim.trace import Trace, pack_lower
 from tests.reference_replay import reference_replay

@@ -19,18 +19,18 @@ import numpy as np
 import pytest
 import torch
 
-from h2osim.live import (
+from h2osim.engine import ReplayConfig, replay
+from h2osim.live import main
+from h2osim.model.live import (
     SWEEP_POLICIES,
     LiveConfig,
     generate,
-    main,
     model_shape,
     run_group,
     teacher_forced,
 )
-from h2osim.live_cache import EvictingCache, EvictingLayer, SlotPlan, apply_plan
+from h2osim.model.live_cache import EvictingCache, EvictingLayer, SlotPlan, apply_plan
 from h2osim.policies import make_policy, policy_names
-from h2osim.replay import ReplayConfig, replay
 from h2osim.trace import Trace
 
 LIVE_POLICIES = [name for name in policy_names(online=True) if name != "full"]

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from h2osim.live import LiveConfig, main, model_shape, teacher_forced
+from h2osim.live import main
+from h2osim.model.live import LiveConfig, model_shape, teacher_forced
 from h2osim.policies import make_policy
 from tests.conftest_model import smollm2
 from tests.test_live import ShrunkenPositions, live_logits, masked_reference

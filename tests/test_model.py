@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from h2osim import model as model_module
+from h2osim.model import loading as model_module
 from h2osim.cli import UserError
 from h2osim.model import (
     BUNDLED_GGUF,
@@ -209,7 +209,7 @@ def test_local_model_folders_trace_exactly(loaded, tmp_path, kind, head_map):
     """``--model FOLDER`` for other architectures: rows match a one-shot forward, sum to 1."""
     import torch
 
-    from h2osim.dump import record
+    from h2osim.model.recorder import record
 
     folder = _tiny_folder(kind, tmp_path, loaded[1], loaded[2])
     tiny, tiny_tokenizer, tiny_info = model_module.load_model(folder)
@@ -228,7 +228,7 @@ def test_local_model_folders_trace_exactly(loaded, tmp_path, kind, head_map):
 
 @pytest.mark.model
 def test_sliding_window_layers_are_refused(loaded, tmp_path):
-    from h2osim.dump import record
+    from h2osim.model.recorder import record
 
     folder = _tiny_folder("mistral-sliding", tmp_path, loaded[1], loaded[2])
     tiny, tiny_tokenizer, _ = model_module.load_model(folder)

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from h2osim.observe import (
-    main,
+from h2osim.observe import main
+from h2osim.studies.observe import (
     observe,
     power_law_fit,
     sparsity,

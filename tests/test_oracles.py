@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from h2osim import oracles
+from h2osim.engine import ReplayConfig, replay
+from h2osim.oracles import topk_bound
 from h2osim.policies import ReplayContext, make_policy, policy_names
-from h2osim.policies.topk import topk_bound
-from h2osim.replay import ReplayConfig, UnitLayout, replay
 from h2osim.trace import Trace
 from tests.strategies import budgets, eviction_problems, replay_configs, traces
 
@@ -111,7 +111,7 @@ def test_hand_built_context_falls_back_to_normalised_unit_matrix(synthetic_small
     """Contexts that carry only unit_matrix (e.g. tests/reference_replay.py) still plan on
     the metric weights: exact for per-head units."""
     config = ReplayConfig(aggregation="per-head")
-    layout = UnitLayout(synthetic_small, config)
+    layout = config.layout(synthetic_small)
     context = ReplayContext(units=layout.units, n=synthetic_small.n, budget=8, prompt_length=30,
                             unit_labels=layout.labels, unit_matrix=layout.matrix)  # fmt: skip
     for unit in (0, layout.units - 1):
@@ -124,7 +124,7 @@ def test_unit_weights_are_the_metric_for_max_aggregation(synthetic_small):
     aggregation - so opt optimises the metric (the aggregated unit matrix would not, for max)."""
     config = ReplayConfig(aggregation="max")
     result = replay(synthetic_small, "h2o", 10, config=config)
-    layout = UnitLayout(synthetic_small, config)
+    layout = config.layout(synthetic_small)
     for unit in range(layout.units):
         weights = layout.weights(unit)
         kept = oracles.kept_mask(result.evicted_at[unit].astype(np.int64))
@@ -225,7 +225,7 @@ def test_no_schedule_beats_opt(problem, data):
 
 # --------------------------------------------------------------------------- replay CLI
 def test_add_gap_to_opt_matches_budget_and_prompt_mode():
-    from h2osim.replay import add_gap_to_opt
+    from h2osim.engine import add_gap_to_opt
 
     records = [
         {"policy": "opt", "budget": 8, "prompt_mode": "stream", "retained_mass": 0.91},

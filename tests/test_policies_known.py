@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from h2osim.engine import ReplayConfig, replay, resolve_budget
 from h2osim.policies import lowest_scored, make_policy, policy_names
-from h2osim.replay import ReplayConfig, replay, resolve_budget
 from h2osim.trace import Trace
 
 ROWS = [

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, target
 from hypothesis import strategies as st
 
-from h2osim.replay import ReplayConfig
+from h2osim.engine import ReplayConfig
 from h2osim.trace import Trace
 from tests.strategies import (
     attention_set_functions,

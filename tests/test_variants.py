@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from h2osim.engine import GQA_MODES, ReplayConfig, replay
 from h2osim.policies import make_policy
-from h2osim.replay import GQA_MODES, ReplayConfig, replay
 from tests.strategies import traces
 
 configs = st.builds(ReplayConfig, aggregation=st.sampled_from(GQA_MODES))

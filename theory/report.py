@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from h2osim.engine import ReplayConfig, ReplayResult, replay
 from h2osim.policies import Policy, make_policy
-from h2osim.replay import ReplayConfig, ReplayResult, UnitLayout, replay
 from h2osim.trace import Trace
 from theory.bounds import ONE_MINUS_INV_E, accumulated_certificate, dynamic_bound
 from theory.functions import concave, concave_slope
@@ -122,7 +122,7 @@ def trace_bound_report(
     result: ReplayResult = replay(trace, policy, budget, budget_of=budget_of, config=config,
                                   progress=progress)  # fmt: skip
     config = result.config
-    layout = UnitLayout(trace, config)
+    layout = config.layout(trace)
     n, units = trace.n, layout.units
     weights = np.stack([layout.weights(u) for u in range(units)])  # (units, n, n)
     true_score = np.zeros((units, n))  # A_i

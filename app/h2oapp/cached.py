@@ -20,8 +20,8 @@ import numpy as np
 import streamlit as st
 
 from h2oapp import analysis, figures
+from h2osim.engine import ReplayConfig, ReplayResult, replay
 from h2osim.policies import make_policy
-from h2osim.replay import ReplayConfig, ReplayResult, replay
 from h2osim.trace import Trace
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

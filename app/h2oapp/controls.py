@@ -19,9 +19,9 @@ from typing import Any
 import streamlit as st
 
 from h2oapp import cached
+from h2osim.engine import GQA_MODES, OBSERVATIONS, PROMPT_MODES, ReplayConfig
 from h2osim.files import atomic_write
 from h2osim.policies import policy_class, policy_names
-from h2osim.replay import GQA_MODES, OBSERVATIONS, PROMPT_MODES, ReplayConfig
 from h2osim.trace import Trace
 
 MAX_UPLOAD_MB = 50

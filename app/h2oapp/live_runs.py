@@ -70,7 +70,7 @@ def live_generate(
     ids: tuple[int, ...], specs: PolicySpecs, budget: float, new_tokens: int
 ) -> dict[str, Any]:
     """Greedy continuation of ``ids`` under each policy and the full cache (h2osim.live.generate)."""
-    from h2osim.live import generate
+    from h2osim.model.live import generate
 
     model, tokenizer, _ = live_model()
     report = generate(model, list(ids), _policies(specs), budget, max_new_tokens=new_tokens)
@@ -86,7 +86,7 @@ def live_generate(
 @st.cache_data(max_entries=32, show_spinner=False)
 def live_teacher_forced(ids: tuple[int, ...], specs: PolicySpecs, budget: float) -> dict[str, Any]:
     """Perplexity of the text under each policy vs the full cache (h2osim.live.teacher_forced)."""
-    from h2osim.live import teacher_forced
+    from h2osim.model.live import teacher_forced
 
     model, _, _ = live_model()
     report = teacher_forced(model, list(ids), _policies(specs), budget)

@@ -13,8 +13,8 @@ from h2oapp.controls import (
     unit_name,
 )
 
+from h2osim.engine import resolve_budget
 from h2osim.policies import policy_names
-from h2osim.replay import resolve_budget
 
 FRAME_SECONDS = 0.6  # one animation frame; each frame advances "steps per frame" tokens
 

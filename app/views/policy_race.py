@@ -14,8 +14,8 @@ from h2oapp.controls import (
     trace_picker,
 )
 
+from h2osim.engine import resolve_budget
 from h2osim.policies import policy_names
-from h2osim.replay import resolve_budget
 
 OPTIMUM = "opt"  # the exact offline optimum of permanent eviction, when registered
 BUDGET_GRID = [

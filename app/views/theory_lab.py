@@ -14,8 +14,8 @@ from h2oapp.controls import (
     unit_name,
 )
 
+from h2osim.engine import resolve_budget
 from h2osim.policies import policy_names
-from h2osim.replay import resolve_budget
 from theory.functions import CONCAVE
 
 page_intro(

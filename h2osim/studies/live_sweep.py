@@ -1,9 +1,9 @@
 """Quality sweep of live eviction, and how well open-loop replay predicts it.
 
 For each text (Python reference topics that ship with Python, first N tokens) and each
-budget, every policy runs live in SmolLM2 under teacher forcing (h2osim.live: perplexity,
+budget, every policy runs live in SmolLM2 under teacher forcing (h2osim.model.live: perplexity,
 KL and top-1 agreement against the full cache), and the same text's full-cache trace is
-replayed through the same policies at the same budgets (h2osim.replay: retained
+replayed through the same policies at the same budgets (h2osim.engine: retained
 attention mass, attention-output error). Budget 100% evicts nothing, so every policy
 equals the full cache there (tested); it is filled in, not run.
 
@@ -11,8 +11,8 @@ Intermediate results are cached per (text, budget) as JSON under --cache-dir, so
 interrupted sweep resumes where it stopped. Outputs (--out): live-sweep.json (every
 record + rank correlations), live-sweep.png (perplexity vs budget), live-replay-vs-live.png.
 
-    nohup .venv/bin/python scripts/live_sweep.py > .cache/live-sweep.log 2>&1 &
-    .venv/bin/python scripts/live_sweep.py --prototype   # 512 tokens, 25%: h2o/sink/window/full
+    nohup .venv/bin/python -m h2osim.studies.live_sweep > .cache/live-sweep.log 2>&1 &
+    .venv/bin/python -m h2osim.studies.live_sweep --prototype   # 512 tokens, 25%: h2o/sink/window/full
 
 Cost on 2 shared CPU cores (measured): ~0.6 s per batched step of 9 policies; with
 256 tokens and budgets 5..50% about 970 steps per text, ~10 min per text.
@@ -28,11 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from h2osim.live import SWEEP_POLICIES, LiveConfig, teacher_forced  # noqa: E402
-from h2osim.policies import make_policy  # noqa: E402
-from h2osim.replay import ReplayConfig, replay, resolve_budget  # noqa: E402
+from h2osim.engine import ReplayConfig, replay, resolve_budget
+from h2osim.model.live import SWEEP_POLICIES, LiveConfig, teacher_forced
+from h2osim.policies import make_policy
 
 DEFAULT_TOPICS = ("for", "naming", "with")
 DEFAULT_BUDGETS = (0.05, 0.1, 0.2, 0.35, 0.5, 1.0)
@@ -66,7 +64,7 @@ def replay_records(
     Besides replay's summary, means over the rows served after eviction began (t >= k),
     the rows whose predictions the live "evicted" metrics cover.
     """
-    from h2osim.dump import record, to_trace
+    from h2osim.model.recorder import record, to_trace
 
     path = cache_dir / f"replay-{topic}-{len(ids)}.json"
     if path.is_file():
@@ -186,7 +184,7 @@ def rank_disagreements(rows: list[dict]) -> list[dict]:
 
 
 def print_tables(rows: list[dict], budgets, topics) -> None:
-    from h2osim.replay import format_table
+    from h2osim.cli import format_table
 
     policies = sorted({r["policy"] for r in rows})
 
@@ -307,8 +305,8 @@ def decision_agreement(
 ) -> dict:
     """Do live and replay make the same evictions? Per policy: the share of final kept sets
     they share (mean over units) and of evictions made at the same step."""
-    from h2osim.dump import record, to_trace
     from h2osim.model import encode_text, pydoc_text
+    from h2osim.model.recorder import record, to_trace
 
     path = cache_dir / f"decisions-{topic}-{tokens}-{budget:g}.json"
     if path.is_file():
@@ -395,7 +393,7 @@ def main() -> None:
         print(f"    {name:56s} " + "  ".join(f"{b}: {v:+.2f}" for b, v in per.items()))
     disagreements = rank_disagreements(rows)
     payload = {
-        "command": "python scripts/live_sweep.py " + " ".join(sys.argv[1:]),
+        "command": "python -m h2osim.studies.live_sweep " + " ".join(sys.argv[1:]),
         "model": info.name, "topics": topics, "tokens": args.tokens, "budgets": budgets,
         "policies": policies, "live_config": "teacher forcing, stream prompt mode, sum aggregation",
         "rows": rows, "correlations": stats, "ranks": disagreements,
