@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 
-from h2osim.model import loading as model_module
 from h2osim.cli import UserError
 from h2osim.model import (
     BUNDLED_GGUF,
@@ -22,6 +21,7 @@ from h2osim.model import (
     resolve_model_source,
     resolve_text,
 )
+from h2osim.model import loading as model_module
 from tests.conftest_model import smollm2
 
 
