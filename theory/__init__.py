@@ -1,6 +1,6 @@
 """theory: the H2O paper's submodular framing, checked by computation.
 
-What is optimised is apart from how (STYLE.md, after apricot):
+What is optimised is apart from how (after apricot; docs/architecture.md):
 
 - :mod:`theory.functions` - set functions (the paper's accumulated score with concave h,
   facility location, weighted coverage, log-sum-exp; non-submodular attention functions

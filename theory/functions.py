@@ -5,7 +5,7 @@ Each family says whether it is monotone (f(S) <= f(T) for S <= T) and submodular
 check both claims with :mod:`theory.submodularity`. Everything evaluates boolean masks
 ``(m, n)`` at once, so brute force and the checker stay vectorised.
 
-Families (H2O paper, App. D; DESIGN.md "Oracles and theory"):
+Families (H2O paper, App. D; docs/theory.md):
 
 - :class:`AccumulatedScore` - the paper's score f(S) = h(sum of accumulated scores over S),
   h in {identity, sqrt(z+1), log(z+1)}: a non-decreasing concave function of a
@@ -28,23 +28,9 @@ from typing import ClassVar
 
 import numpy as np
 
-CONCAVE = ("identity", "sqrt", "log")
+from h2osim.scores import CONCAVE, concave, concave_slope  # the one definition of h
 
-
-def concave(name: str, z: np.ndarray) -> np.ndarray:
-    """h(z) for h in CONCAVE: identity z, sqrt(z + 1), log(z + 1). Example: sqrt at 3 -> 2."""
-    if name == "identity":
-        return np.asarray(z, dtype=np.float64)
-    if name == "sqrt":
-        return np.sqrt(np.asarray(z, dtype=np.float64) + 1.0)
-    if name == "log":
-        return np.log1p(np.asarray(z, dtype=np.float64))
-    raise ValueError(f"concave function must be one of {CONCAVE}, got {name!r}")
-
-
-def concave_slope(name: str) -> float:
-    """sup h' on z >= 0 (a Lipschitz constant): identity 1, sqrt(z+1) 1/2, log(z+1) 1."""
-    return {"identity": 1.0, "sqrt": 0.5, "log": 1.0}[name]
+__all__ = ["CONCAVE", "concave", "concave_slope"]  # re-exported for theory users
 
 
 class SetFunction:

@@ -41,7 +41,7 @@ def missing_model_stack() -> list[str]:
 def live_model() -> tuple[Any, Any, Any]:
     """``(model, tokenizer, info)`` of the bundled model, CPU, float32, eager attention.
 
-    One torch thread: on a busy 2-core machine two threads were 15x slower (DESIGN.md).
+    One torch thread: on a busy 2-core machine two threads were 15x slower (docs/architecture.md, "Threads").
     """
     from h2osim.model import load_model, set_threads
 

@@ -2,7 +2,7 @@
 
 The analogue of Belady's MIN for classic caches (evict what is needed furthest in the
 future): here a token's future need is its remaining mass ``F[t, j] = sum_{s >= t} W[s, j]``
-(DESIGN.md, "Oracles and theory"). Unlike MIN for hit counts it is NOT optimal for
+(docs/theory.md, "The oracles"). Unlike MIN for hit counts it is NOT optimal for
 retained mass - it ignores *when* the mass comes, so it can keep a token whose mass
 arrives late over one needed now. ``opt`` (:mod:`.opt`) is never worse; the tests show
 a 5-token trace where it is strictly better. Ties go to the oldest token.

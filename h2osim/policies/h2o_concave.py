@@ -13,22 +13,22 @@ point checkable, and report h(acc) as their scores.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
 from h2osim.policies.base import register
 from h2osim.policies.h2o import H2O
+from h2osim.scores import concave
 
 
 class ConcaveH2O(H2O):
     """h2o ranking by h(accumulated score); h is increasing, so the ranking is h2o's."""
 
-    @staticmethod
-    def concave(z: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+    concave_name: ClassVar[str] = "identity"  # which h of h2osim.scores.CONCAVE
 
     def score(self, t: int, kept: np.ndarray) -> np.ndarray:
-        return self.concave(super().score(t, kept))
+        return concave(self.concave_name, super().score(t, kept))
 
 
 @register
@@ -38,10 +38,7 @@ class H2OSqrt(ConcaveH2O):
 
     name = "h2o-sqrt"
     summary = "paper's Algorithm 2 with h(z) = sqrt(z+1) (same evictions as h2o)"
-
-    @staticmethod
-    def concave(z: np.ndarray) -> np.ndarray:
-        return np.sqrt(z + 1.0)
+    concave_name = "sqrt"
 
 
 @register
@@ -51,7 +48,4 @@ class H2OLog(ConcaveH2O):
 
     name = "h2o-log"
     summary = "paper's Algorithm 2 with h(z) = log(z+1) (same evictions as h2o)"
-
-    @staticmethod
-    def concave(z: np.ndarray) -> np.ndarray:
-        return np.log1p(z)
+    concave_name = "log"

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from h2osim.metrics import SIGNIFICANCE
 from h2osim.policies.base import ReplayContext, ScorePolicy, param, register
 from h2osim.policies.lru import used_tokens
 
@@ -23,7 +24,10 @@ class LFU(ScorePolicy):
     name = "lfu"
     summary = "least frequently used (use = attention >= threshold x row max)"
     threshold: float = param(
-        0.01, "lru/lfu: a token is used when attention >= threshold x row max", low=0.0, high=1.0
+        SIGNIFICANCE,
+        "lru/lfu: a token is used when attention >= threshold x row max",
+        low=0.0,
+        high=1.0,
     )
 
     def reset(self, context: ReplayContext) -> None:

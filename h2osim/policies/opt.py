@@ -1,6 +1,6 @@
 """``opt``: the exact offline optimum of retained attention mass under permanent eviction.
 
-DESIGN.md, "Oracles and theory". Knowing the unit's whole trace, ``opt`` plans the
+docs/theory.md, "The oracles". Knowing the unit's whole trace, ``opt`` plans the
 eviction schedule that maximises the total retained mass of the replay it is in - the
 same budget, the same prompt mode (several evictions at once after a fully attended
 prompt), the same rule that the newest token stays - by the assignment formulation in

@@ -383,13 +383,11 @@ def measure_live(measured: Measurements, traces: dict[str, Trace], progress: Pro
 
     settings = measured.settings
     if model is None:
-        import torch
+        from h2osim.model import load_model, set_threads
 
-        from h2osim.model import load_model
-
-        torch.set_num_threads(1)  # 2 threads on a busy 2-core box were 15x slower (DESIGN.md)
+        set_threads(1)  # 2 threads on a busy 2-core box were 15x slower (docs/architecture.md)
         progress.step(0, "loading SmolLM2")
-        model, _, _ = load_model(device="cpu", dtype=torch.float32)
+        model, _, _ = load_model(device="cpu", dtype="float32")
     for name in settings.live_texts:
         ids = [int(token) for token in traces[name].token_ids[: settings.live_n]]
         measured.live_tokens[name] = ids

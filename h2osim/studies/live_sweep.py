@@ -284,7 +284,7 @@ def plot(rows: list[dict], budgets, topics, out: Path) -> None:
 
 
 def prototype_check(model, tokenizer, topic: str, tokens: int, cache_dir: Path) -> dict:
-    """The DESIGN.md prototype setting: 512 tokens of Python docs, 25% budget."""
+    """The prototype setting (docs/live.md): 512 tokens of Python docs, 25% budget."""
     from h2osim.model import encode_text, pydoc_text
 
     path = cache_dir / f"prototype-{topic}-{tokens}.json"
@@ -353,11 +353,9 @@ def main() -> None:
                         help="also compare live and replay eviction decisions (first topic, 20%%)")  # fmt: skip
     args = parser.parse_args()
 
-    import torch
+    from h2osim.model import encode_text, load_model, pydoc_text, set_threads
 
-    from h2osim.model import encode_text, load_model, pydoc_text
-
-    torch.set_num_threads(1)
+    set_threads(1)
     topics = [t.strip() for t in args.topics.split(",") if t.strip()]
     budgets = sorted(float(b) for b in args.budgets.split(","))
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]

@@ -34,9 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
+from h2osim.metrics import SIGNIFICANCE  # "below 1% of the row max", as in the paper
 from h2osim.trace import Trace
 
-SPARSITY_THRESHOLD = 0.01  # "below 1% of the row max", as in the paper
 TOP_SHARES = (0.05, 0.10, 0.20)
 MIN_ROW_KEYS = 20  # rows shorter than this are left out of the top-p% means
 EARLY_SHARE = 0.10
@@ -108,7 +108,7 @@ def _share_labels() -> list[str]:
     return [_share_label(share) for share in TOP_SHARES]
 
 
-def sparsity(matrices: np.ndarray, threshold: float = SPARSITY_THRESHOLD,
+def sparsity(matrices: np.ndarray, threshold: float = SIGNIFICANCE,
              rows: slice = slice(None)) -> float:  # fmt: skip
     """Share of causal entries below ``threshold`` x their row max, ``matrices`` (H, n, n).
 
@@ -278,7 +278,7 @@ def format_table(observations: Observations) -> str:
 def legend(observations: Observations) -> str:
     """What the columns mean and the reference values to compare with."""
     return (
-        f"sparsity: share of entries < {SPARSITY_THRESHOLD:.0%} of the row max (paper, OPT: "
+        f"sparsity: share of entries < {SIGNIFICANCE:.0%} of the row max (paper, OPT: "
         f"> {PAPER_SPARSITY:.0%}); sparse(dec): decode rows only; sink: mean mass on token 0; "
         f"topX%: mean mass of each row's top X% keys (rows with >= {MIN_ROW_KEYS} keys); HH10%: "
         "share of accumulated attention held by the top 10% tokens; alpha: power-law exponent "
@@ -329,7 +329,7 @@ def save_figures(observations: Observations, folder: str | Path, title: str = ""
     axis.axhline(PAPER_SPARSITY, color="red", ls="--", lw=1, label="paper, OPT: 95%")
     axis.set_xticks(positions, names, fontsize=7)
     axis.set_xlabel("layer")
-    axis.set_ylabel(f"share of entries < {SPARSITY_THRESHOLD:.0%} of row max")
+    axis.set_ylabel(f"share of entries < {SIGNIFICANCE:.0%} of row max")
     axis.set_ylim(0, 1)
     axis.set_title("attention sparsity per layer" + suffix)
     axis.legend(fontsize=8, loc="lower right")
