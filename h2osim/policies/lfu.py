@@ -11,9 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from h2osim.metrics import SIGNIFICANCE
-from h2osim.policies.base import ReplayContext, ScorePolicy, param, register
-from h2osim.policies.lru import used_tokens
+from h2osim.policies.base import ReplayContext, ScorePolicy, register
+from h2osim.policies.lru import use_threshold, used_tokens
 
 
 @register
@@ -23,12 +22,7 @@ class LFU(ScorePolicy):
 
     name = "lfu"
     summary = "least frequently used (use = attention >= threshold x row max)"
-    threshold: float = param(
-        SIGNIFICANCE,
-        "lru/lfu: a token is used when attention >= threshold x row max",
-        low=0.0,
-        high=1.0,
-    )
+    threshold: float = use_threshold()
 
     def reset(self, context: ReplayContext) -> None:
         super().reset(context)

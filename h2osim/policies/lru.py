@@ -15,6 +15,12 @@ from h2osim.metrics import SIGNIFICANCE
 from h2osim.policies.base import ReplayContext, ScorePolicy, param, register
 
 
+def use_threshold() -> float:
+    """The ``threshold`` hyperparameter shared by lru and lfu (a dataclass field)."""
+    return param(SIGNIFICANCE, "lru/lfu: a token is used when attention >= threshold x row max",
+                 low=0.0, high=1.0)  # fmt: skip
+
+
 def used_tokens(observed: np.ndarray, threshold: float) -> np.ndarray:
     """``(units, t+1)`` bool: observed attention >= threshold x the row max (and > 0).
 
@@ -31,12 +37,7 @@ class LRU(ScorePolicy):
 
     name = "lru"
     summary = "least recently used (use = attention >= threshold x row max)"
-    threshold: float = param(
-        SIGNIFICANCE,
-        "lru/lfu: a token is used when attention >= threshold x row max",
-        low=0.0,
-        high=1.0,
-    )
+    threshold: float = use_threshold()
 
     def reset(self, context: ReplayContext) -> None:
         super().reset(context)
