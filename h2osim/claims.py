@@ -1,7 +1,9 @@
 """``python -m h2osim.claims``: regenerate the claims table (docs/claims.md and the README block).
 
-The command line over :mod:`h2osim.studies.claims` (what is measured) and
-:mod:`h2osim.studies.claims_table` (the rules that judge it).
+The command line over :mod:`h2osim.studies.claims`: one ``Claim`` object per row
+(:mod:`h2osim.studies.claims.rows`), the shared measurements they read
+(:mod:`h2osim.studies.claims.measurements`) and the files they are written to
+(:mod:`h2osim.studies.claims.report`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from h2osim.studies.claims import (
     build_payload,
     load_payload,
     measure,
+    needed_measurements,
     write_outputs,
 )
 
@@ -82,13 +85,14 @@ def run(args: argparse.Namespace, command: str = "python -m h2osim.claims") -> i
                                 "run from the repository root or give --root")  # fmt: skip
     started = time.perf_counter()
     measured = measure(settings, live=not args.no_live, progress=not args.no_progress,
-                       root=Path(args.root))  # fmt: skip
+                       root=Path(args.root), needs=needed_measurements())  # fmt: skip
     payload = build_payload(measured, command, time.perf_counter() - started)
     out_dir.mkdir(parents=True, exist_ok=True)
     if not args.no_plots:
-        from h2osim.studies.claims_plots import plot_all
+        from h2osim.studies.claims.plots import plot_all
 
-        written = {path.name for path in plot_all(measured, payload, out_dir)}
+        figures = [row["figure"] for row in payload["claims"] if row["figure"]]
+        written = {path.name for path in plot_all(measured, figures, out_dir)}
     else:
         written = set()
     for row in payload["claims"]:  # link only the figures this run wrote
@@ -103,7 +107,8 @@ def run(args: argparse.Namespace, command: str = "python -m h2osim.claims") -> i
 def _console_table(payload: dict[str, Any]) -> str:
     lines = [f"claims ({payload.get('mode')}, {payload.get('seconds', 0):.0f} s):"]
     for i, row in enumerate(payload["claims"], 1):
-        lines.append(f"{i:2d}. [{row['verdict']}] {row['claim']}\n      ours: {row['ours']}")
+        lines.append(f"{i:2d}. [{row['verdict']}] {row['claim']}\n      ours: {row['ours']}"
+                     + (f"\n      why: {row['reason']}" if row.get("reason") else ""))  # fmt: skip
     return "\n".join(lines)
 
 

@@ -1,4 +1,5 @@
-"""The claims table (h2osim.claims, h2osim.claims_table): known answers for every verdict
+"""The claims table (h2osim.claims, h2osim.studies.claims): every registered claim has all
+its parts and a rule that can give more than one verdict, known answers for every verdict
 rule at its thresholds, the table built from the JSON (edit a number -> the table and the
 verdict change), the README block rewrite (idempotent, nothing outside the markers), and
 the command end to end on the reduced setting - without the model, and live with it."""
@@ -14,9 +15,20 @@ import pytest
 
 from h2osim.claims import main
 from h2osim.engine import ReplayConfig, replay
-from h2osim.studies import claims_table as table
+from h2osim.studies import claims as table
 from h2osim.studies.claims import (
+    FAILS,
+    FULL,
+    HOLDS,
+    MEASUREMENTS,
+    MISSING,
+    PARTLY,
     QUICK,
+    VERDICTS,
+    Claim,
+    CommandContext,
+    Judgement,
+    Measurements,
     Settings,
     build_payload,
     early_positions,
@@ -28,7 +40,8 @@ from h2osim.studies.claims import (
     uniform_score,
     update_readme,
 )
-from h2osim.studies.claims_table import FAILS, HOLDS, MISSING, PARTLY, VERDICTS
+from h2osim.studies.claims.plots import FIGURES
+from h2osim.studies.claims.report import _cell
 from h2osim.trace import Trace
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,6 +127,100 @@ def test_nan_counts_as_missing():
 def test_unknown_claim_id_is_refused():
     with pytest.raises(ValueError, match="unknown claim id 'nope'"):
         table.judge("nope", {})
+
+
+def verdicts_reached(claim: Claim, cases: list[dict]) -> set[str]:
+    """The verdicts other than ``not measured`` that ``claim``'s rule gives on ``cases``."""
+    return {claim.judge(numbers).verdict for numbers in cases} - {MISSING}
+
+
+def test_every_registered_claim_has_all_its_parts():
+    assert len({claim.id for claim in table.CLAIMS}) == len(table.CLAIMS) == 12
+    empty = Measurements(settings=FULL)  # nothing measured yet
+    for claim in table.CLAIMS:
+        assert claim.claim and claim.source and claim.paper, claim.id  # the text
+        assert claim.needs and set(claim.needs) <= set(MEASUREMENTS), claim.id  # the measurement
+        assert claim.figure is None or claim.figure in FIGURES, claim.id  # the figure
+        numbers = claim.numbers(empty)  # the numbers: a JSON object even when nothing was run
+        assert isinstance(numbers, dict) and json.loads(json.dumps(numbers)) == numbers, claim.id
+        judgement = claim.judge(numbers)  # the rule: says why it cannot judge
+        assert isinstance(judgement, Judgement) and judgement.verdict == MISSING, claim.id
+        assert judgement.reason, claim.id
+        assert isinstance(claim.ours(numbers), str), claim.id  # the cell
+        commands = claim.commands(CommandContext(empty))  # the commands
+        assert isinstance(commands, list) and all(isinstance(c, str) for c in commands), claim.id
+    # every shared measurement is read by some claim (none runs for nothing)
+    assert set(table.needed_measurements()) == set(MEASUREMENTS)
+
+
+def test_every_rule_gives_different_verdicts_and_says_why():
+    """A rule that cannot fail checks nothing: each reaches >= 2 verdicts on its known answers."""
+    for claim in table.CLAIMS:
+        cases = [numbers for claim_id, numbers, _ in RULE_CASES if claim_id == claim.id]
+        assert len(verdicts_reached(claim, cases)) >= 2, claim.id
+        for numbers in cases:
+            reason = claim.judge(numbers).reason
+            assert isinstance(reason, str) and len(reason) > 5, (claim.id, numbers)
+
+
+def test_a_rule_that_cannot_fail_is_caught():
+    sparsity = table.SPECS["sparsity"]
+
+    def always(numbers):
+        """holds whatever the numbers say - a rule like this must be refused by the test above."""
+        return Judgement(HOLDS, "always")
+
+    broken = Claim(sparsity.id, sparsity.claim, sparsity.source, sparsity.paper,
+                   needs=sparsity.needs, numbers=sparsity.numbers, rule=always, ours=sparsity.ours)  # fmt: skip
+    cases = [numbers for claim_id, numbers, _ in RULE_CASES if claim_id == "sparsity"]
+    assert verdicts_reached(sparsity, cases) == {HOLDS, PARTLY, FAILS}
+    assert verdicts_reached(broken, cases) == {HOLDS}
+    wrong = Claim(sparsity.id, sparsity.claim, sparsity.source, sparsity.paper,
+                  needs=sparsity.needs, numbers=sparsity.numbers, rule=lambda x: "holds",
+                  ours=sparsity.ours)  # fmt: skip
+    with pytest.raises(RuntimeError, match="rule of 'sparsity' returned 'holds'"):
+        wrong.judge({})  # a bare verdict without its reason is refused
+
+
+def test_adding_a_claim_as_the_package_docstring_shows():
+    """The "How to add a claim" example in h2osim/studies/claims/__init__.py works as written."""
+    import h2osim.studies.claims as package
+    from h2osim.studies.claims import base, measurements, rows
+
+    example = package.__doc__.split("::", 1)[1]
+    code = "\n".join(line[4:] for line in example.splitlines())
+    namespace = {**vars(base), **vars(measurements), **vars(rows)}
+    try:
+        exec(code, namespace)
+        assert table.CLAIMS[-1].id == "sink" and table.CLAIMS[-1].needs == ("observe",)
+        assert table.judge("sink", {"sink_mass": 0.3}) == (HOLDS, "token 0 holds 0.300 of each row")
+        assert table.judge("sink", {"sink_mass": 0.1})[0] == FAILS
+        assert table.judge("sink", {})[0] == MISSING
+    finally:
+        if table.CLAIMS and table.CLAIMS[-1].id == "sink":
+            table.CLAIMS.pop()
+        table.SPECS.pop("sink", None)
+    assert "sink" not in table.SPECS and len(table.CLAIMS) == 12
+
+
+def test_committed_claims_json_rejudges_to_its_own_verdicts():
+    """docs/claims.json is in step with the rules: re-judging it changes no verdict or cell."""
+    stored = json.loads((REPO / "docs" / "claims.json").read_text())
+    rejudged = load_payload(REPO / "docs" / "claims.json")
+    for before, after in zip(stored["claims"], rejudged["claims"], strict=True):
+        claim_id = before["id"]
+        assert (before["verdict"], before["ours"]) == (after["verdict"], after["ours"]), claim_id
+        assert before.get("reason") == after["reason"], claim_id
+
+
+def test_measure_runs_only_the_measurements_asked_for(chat_trace):
+    settings = Settings(mode="test", traces=("chat",), n=48, layers=(16,), budgets=(0.2,),
+                        live_texts=(), live_n=16, live_budgets=(0.2,))  # fmt: skip
+    measured = measure(settings, root=REPO, needs=("observe",))
+    assert list(measured.observe) == ["chat"] and len(measured.observe["chat"]) == 1
+    assert not measured.sweep and not measured.bias and not measured.paths and not measured.live
+    with pytest.raises(ValueError, match="unknown measurement 'replays'"):
+        measure(settings, root=REPO, needs=("replays",))
 
 
 # --------------------------------------------------------------------------- README block
@@ -228,7 +335,7 @@ def test_quick_run_writes_json_markdown_and_figures(quick_run):
     text = (quick_run / "claims.md").read_text()
     assert text == table.markdown(payload)
     for row in payload["claims"]:
-        assert f"**{row['verdict']}**" in text and table._cell(row["ours"]) in text
+        assert f"**{row['verdict']}**" in text and _cell(row["ours"]) in text
 
 
 def test_opt_bounds_every_policy_in_the_quick_sweep(quick_run):

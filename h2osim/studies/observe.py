@@ -39,7 +39,7 @@ from h2osim.trace import Trace
 
 TOP_SHARES = (0.05, 0.10, 0.20)
 MIN_ROW_KEYS = 20  # rows shorter than this are left out of the top-p% means
-EARLY_SHARE = 0.10
+EARLY_SHARE = 0.10  # "early" = positions 1..ceil(10% of n) after the sink (early_positions)
 FIT_POINTS = 40  # log-spaced ranks for the fits
 PAPER_SPARSITY = 0.95  # reported for OPT (Sec. 3.1, Fig. 2a)
 
@@ -173,7 +173,7 @@ def uniform_early_share(n: int, share: float = EARLY_SHARE) -> float:
     share 0.1 -> token 1 holds (H_10 - H_1) / (10 - H_10) = 1.929 / 7.071 = 0.273.
     """
     collected = _uniform_accumulated(n)
-    return float(collected[_early_positions(n, share)].sum() / collected[1:].sum())
+    return float(collected[early_positions(n, share)].sum() / collected[1:].sum())
 
 
 def _uniform_accumulated(n: int) -> np.ndarray:
@@ -182,8 +182,10 @@ def _uniform_accumulated(n: int) -> np.ndarray:
     return harmonic[n] - harmonic[:n]
 
 
-def _early_positions(n: int, share: float = EARLY_SHARE) -> slice:
-    """Positions 1..ceil(share * n): the early tokens after the sink. Example: n=50 -> 1..5."""
+def early_positions(n: int, share: float = EARLY_SHARE) -> slice:
+    """Positions 1..ceil(share * n): the early tokens after the sink (token 0 has its own
+    column). The one definition of "early", also used by the claims table. Example: n=50 ->
+    slice(1, 6), positions 1..5; n=512 -> slice(1, 53)."""
     return slice(1, 1 + max(1, int(math.ceil(share * n))))
 
 
@@ -198,7 +200,7 @@ def observe_layer(trace: Trace, layer: int) -> LayerObservation:
     alpha, r2_power, r2_exponential = power_law_fit(mean_rank_curve)
     tenth = max(1, int(math.ceil(0.1 * n)))
     heavy = float((rank_curve[:, :tenth].sum(axis=1) / rank_curve.sum(axis=1)).mean())
-    early = _early_positions(n)
+    early = early_positions(n)
     after_sink = accumulated[:, 1:].sum(axis=1)  # (H,)
     early_sum = accumulated[:, early].sum(axis=1)
     early_share = float(np.divide(early_sum, after_sink, out=np.zeros_like(early_sum),

@@ -1,5 +1,7 @@
 """Figures of the claims table (``python -m h2osim.claims``), one PNG per row better seen than read.
 
+A claim names its figure (``Claim.figure``), a key of :data:`FIGURES`; several rows may share one.
+
 * ``claims-budget-curves.png`` - retained mass vs budget per trace: opt, the topk bound,
   belady, h2o, a2sf and the baselines; h2o's gap to opt shaded;
 * ``claims-live.png`` - live perplexity / full-cache perplexity vs budget per text;
@@ -12,7 +14,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -205,24 +207,52 @@ def early_token_bias(bias: dict[str, dict[str, Any]], kept: dict[str, dict[str, 
     _save(figure, path)
 
 
-def plot_all(measured, payload: dict[str, Any], out_dir: Path) -> list[Path]:
-    """Every figure the claims rows name, into ``out_dir``; returns the paths written."""
-    settings = measured.settings
+def _budget_curves(measured, path: Path) -> bool:
+    budget_curves(measured.sweep, path)
+    return True
+
+
+def _ablation(measured, path: Path) -> bool:
+    ablation_bars(measured.sweep, measured.live, measured.settings.main_budget, path)
+    return True
+
+
+def _live(measured, path: Path) -> bool:
+    if not measured.live:
+        return False
+    live_curves(measured.live, path)
+    return True
+
+
+def _paths(measured, path: Path) -> bool:
+    if not measured.paths:
+        return False
+    path_bars(measured.paths, path)
+    return True
+
+
+def _early_bias(measured, path: Path) -> bool:
+    early_token_bias(measured.bias, measured.kept, measured.settings.main_budget, path,
+                     default=measured.settings.forgetting)  # fmt: skip
+    return True
+
+
+# figure name (a claim's ``figure``) -> draws it from the Measurements into a path; False
+# when what it shows was not measured (then nothing is written and the rows link no figure)
+FIGURES: dict[str, Callable[[Any, Path], bool]] = {
+    "claims-budget-curves.png": _budget_curves,
+    "claims-ablation.png": _ablation,
+    "claims-live.png": _live,
+    "claims-official-paths.png": _paths,
+    "early-token-bias.png": _early_bias,
+}
+
+
+def plot_all(measured, names: Sequence[str], out_dir: Path) -> list[Path]:
+    """The figures ``names`` (keys of :data:`FIGURES`, each once) into ``out_dir``; returns
+    the paths written."""
     written = []
-
-    def target(name: str) -> Path:
-        written.append(out_dir / name)
-        return out_dir / name
-
-    budget_curves(measured.sweep, target("claims-budget-curves.png"))
-    ablation_bars(
-        measured.sweep, measured.live, settings.main_budget, target("claims-ablation.png")
-    )
-    if measured.live:
-        live_curves(measured.live, target("claims-live.png"))
-    if measured.paths:
-        path_bars(measured.paths, target("claims-official-paths.png"))
-    early_token_bias(
-        measured.bias, measured.kept, settings.main_budget, target("early-token-bias.png")
-    )
+    for name in dict.fromkeys(names):
+        if FIGURES[name](measured, out_dir / name):
+            written.append(out_dir / name)
     return written
