@@ -213,7 +213,31 @@ def test_committed_claims_json_rejudges_to_its_own_verdicts():
         assert before.get("reason") == after["reason"], claim_id
 
 
-def test_measure_runs_only_the_measurements_asked_for(chat_trace):
+def test_numbers_and_commands_recomputed_from_the_committed_details():
+    """Each claim's ``numbers`` and ``commands``, fed the full run's stored details
+    (docs/claims.json), give back the numbers and commands stored beside them - the full
+    setting's code path, checked without the 7-minute run. early-bias is left out of the
+    numbers: its inputs (curves by position, what each cache kept) are not stored."""
+    payload = json.loads((REPO / "docs" / "claims.json").read_text())
+    assert payload["mode"] == "full"
+    stored = {row["id"]: row for row in payload["claims"]}
+    details = payload["details"]
+    measured = Measurements(
+        settings=FULL, sweep=details["sweep"], live=details["live"], observe=details["observe"],
+        paths=[r for r in details["paths"] if "parameters" in r],  # not the official defaults
+        concave=stored["concave"]["numbers"],
+        mask_drop_identical=stored["official-paths"]["numbers"]["mask_drop_identical"],
+    )  # fmt: skip
+    assert table.claim_commands(measured, payload["command"]) == {
+        claim_id: row["commands"] for claim_id, row in stored.items()
+    }
+    for claim in table.CLAIMS:
+        if claim.id != "early-bias":
+            numbers = json.loads(json.dumps(claim.numbers(measured)))
+            assert numbers == stored[claim.id]["numbers"], claim.id
+
+
+def test_measure_runs_only_the_measurements_asked_for():
     settings = Settings(mode="test", traces=("chat",), n=48, layers=(16,), budgets=(0.2,),
                         live_texts=(), live_n=16, live_budgets=(0.2,))  # fmt: skip
     measured = measure(settings, root=REPO, needs=("observe",))
