@@ -73,6 +73,21 @@ def not_measured(numbers: Numbers, *keys: str) -> Judgement | None:
     return Judgement(MISSING, f"no {missing[0]}") if missing else None
 
 
+def tiers(label: str, value: float, holds_at: float, partly_at: float, *, higher: bool = True,
+          spec: str = ".3f") -> Judgement:  # fmt: skip
+    """The common three-step rule: holds at or past ``holds_at``, partly at or past
+    ``partly_at``, else does not hold; "past" is above when ``higher``, else below.
+    Example: tiers("spread", 0.02, 0.01, 0.03, higher=False) ->
+    Judgement("partly", "spread 0.020 > 0.01, <= 0.03")."""
+    at, short = (ge, ("<", ">=")) if higher else (le, (">", "<="))
+    said = f"{label} {value:{spec}}"
+    if at(value, holds_at):
+        return Judgement(HOLDS, f"{said} {short[1]} {holds_at:g}")
+    if at(value, partly_at):
+        return Judgement(PARTLY, f"{said} {short[0]} {holds_at:g}, {short[1]} {partly_at:g}")
+    return Judgement(FAILS, f"{said} {short[0]} {partly_at:g}")
+
+
 def fmt(value: Any, spec: str = ".3f") -> str:
     """``value`` formatted, "-" for None. Example: fmt(0.12345) -> "0.123"."""
     return "-" if value is None else format(value, spec)

@@ -46,6 +46,7 @@ from h2osim.studies.claims.base import (
     has,
     le,
     not_measured,
+    tiers,
 )
 from h2osim.studies.claims.measurements import (
     LIVE_POLICIES,
@@ -187,14 +188,7 @@ def rule_sparsity(numbers: Numbers) -> Judgement:
     else does not hold."""
     if missing := not_measured(numbers, "sparsity"):
         return missing
-    value = numbers["sparsity"]
-    if ge(value, SPARSITY_PAPER):
-        return Judgement(HOLDS, f"sparsity {value:.3f} >= {SPARSITY_PAPER:g}")
-    if ge(value, SPARSITY_PARTLY):
-        return Judgement(
-            PARTLY, f"sparsity {value:.3f} < {SPARSITY_PAPER:g}, >= {SPARSITY_PARTLY:g}"
-        )
-    return Judgement(FAILS, f"sparsity {value:.3f} < {SPARSITY_PARTLY:g}")
+    return tiers("sparsity", numbers["sparsity"], SPARSITY_PAPER, SPARSITY_PARTLY)
 
 
 def ours_sparsity(x: Numbers) -> str:
@@ -609,14 +603,7 @@ def rule_opt_gap(numbers: Numbers) -> Judgement:
     the largest gap is <= 0.05; partly if <= 0.10; else does not hold."""
     if missing := not_measured(numbers, "max_gap"):
         return missing
-    gap = numbers["max_gap"]
-    if le(gap, OPT_GAP_HOLDS):
-        return Judgement(HOLDS, f"largest gap {gap:.3f} <= {OPT_GAP_HOLDS:g}")
-    if le(gap, OPT_GAP_PARTLY):
-        return Judgement(
-            PARTLY, f"largest gap {gap:.3f} > {OPT_GAP_HOLDS:g}, <= {OPT_GAP_PARTLY:g}"
-        )
-    return Judgement(FAILS, f"largest gap {gap:.3f} > {OPT_GAP_PARTLY:g}")
+    return tiers("largest gap", numbers["max_gap"], OPT_GAP_HOLDS, OPT_GAP_PARTLY, higher=False)
 
 
 def ours_opt_gap(x: Numbers) -> str:
@@ -709,14 +696,8 @@ def rule_paths(numbers: Numbers) -> Judgement:
     else does not hold (the path matters)."""
     if missing := not_measured(numbers, "spread_online"):
         return missing
-    spread = numbers["spread_online"]
-    if le(spread, PATHS_SPREAD_HOLDS):
-        return Judgement(HOLDS, f"spread {spread:.3f} <= {PATHS_SPREAD_HOLDS:g}")
-    if le(spread, PATHS_SPREAD_PARTLY):
-        return Judgement(
-            PARTLY, f"spread {spread:.3f} > {PATHS_SPREAD_HOLDS:g}, <= {PATHS_SPREAD_PARTLY:g}"
-        )
-    return Judgement(FAILS, f"spread {spread:.3f} > {PATHS_SPREAD_PARTLY:g}")
+    return tiers("spread", numbers["spread_online"], PATHS_SPREAD_HOLDS, PATHS_SPREAD_PARTLY,
+                 higher=False)  # fmt: skip
 
 
 def ours_paths(x: Numbers) -> str:
