@@ -13,7 +13,8 @@ from theory.bounds import (
     ONE_MINUS_INV_E,
     accumulated_certificate,
     alpha_beta,
-    dynamic_bound,
+    certificate_bound,
+    certificate_bound_exp,
     greedy_certificate,
     nemhauser_bound,
     noisy_gain_bound,
@@ -101,7 +102,8 @@ def test_bound_formulas():
     assert noisy_gain_bound(10, 2, 0.1) == pytest.approx(
         10 * ONE_MINUS_INV_E - 0.2 * (2 - 1 / math.e)
     )
-    assert dynamic_bound(1.0, 0.5, 0.0) == pytest.approx(ONE_MINUS_INV_E / 2)
+    assert certificate_bound(1.0, 0.5, 0.0) == pytest.approx(ONE_MINUS_INV_E / 2)
+    assert certificate_bound_exp(1.0, 0.5, 0.0) == pytest.approx(1 - math.exp(-0.5))
     assert alpha_beta([1, 0.5], [1, 1], 0.0) == pytest.approx((0.25, 0.0))
     alpha, beta = alpha_beta([1, 0.5], [1, 1], 0.1)
     # alpha_t = [0, 0.4]; beta = 0.1 (shrink_2 + 1) with shrink_2 = 1 - 0.6 / 2.

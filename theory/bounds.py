@@ -8,13 +8,14 @@
   OPT - f(S_k) <= (1 - 1/k)^k OPT + 2 eps k (1 - (1 - 1/k)^k), which is below
   OPT / e + k (2 - 1/e) eps because (1 - 1/k)^k >= 1/(2e) for k >= 2 (k = 1 holds
   since f >= 0).
-- :func:`dynamic_bound` and :func:`greedy_certificate`: the shape of the paper's Thm
-  D.32, f(S_i) >= (1 - 1/e)(1 - alpha) opt_i - beta, with alpha and beta MEASURED on the
-  set the eviction trajectory actually holds (see below).
+- :func:`certificate_bound`, :func:`certificate_bound_exp` and :func:`greedy_certificate`:
+  OUR a-posteriori certificate f(S) >= (1 - e^-(1 - alpha)) OPT - beta >= (1 - 1/e)(1 -
+  alpha) OPT - beta, with alpha and beta MEASURED on the set S (see below). It has the
+  shape of the paper's Thm D.32 but is not that theorem: it holds for ANY set S (a random
+  cache too), so it certifies, it does not predict. The paper's conditional statement,
+  with its theta, gamma, eps0 and alpha/(10 n), is computed in :mod:`theory.paper`.
 
-The certificate (our lemma; the paper's appendix defines alpha and beta through drift
-parameters theta, gamma and a score error eps0 whose exact constants we do not
-reproduce). Order S by greedy-within-S; at pick t let g_t be the chosen gain and g*_t
+The certificate (our lemma). Order S by greedy-within-S; at pick t let g_t be the chosen gain and g*_t
 the best gain over every allowed element outside the prefix P_t, and let alpha_t in
 [0, 1] be the smallest number with g_t >= (1 - alpha_t) g*_t - delta. For monotone
 submodular f >= 0 and every O with |O| <= k = |S|, OPT <= f(P_t) + k g*_t, hence
@@ -55,10 +56,17 @@ def noisy_gain_bound(opt: float, k: int, eps: float) -> float:
     return ONE_MINUS_INV_E * opt - k * (2.0 - 1.0 / math.e) * eps
 
 
-def dynamic_bound(opt: float | np.ndarray, alpha: float | np.ndarray,
-                  beta: float | np.ndarray) -> float | np.ndarray:  # fmt: skip
+def certificate_bound(opt: float | np.ndarray, alpha: float | np.ndarray,
+                      beta: float | np.ndarray) -> float | np.ndarray:  # fmt: skip
     """(1 - 1/e)(1 - alpha) opt - beta. Example: opt 1, alpha 0.5, beta 0 -> 0.316."""
     return ONE_MINUS_INV_E * (1.0 - alpha) * opt - beta
+
+
+def certificate_bound_exp(opt: float | np.ndarray, alpha: float | np.ndarray,
+                          beta: float | np.ndarray) -> float | np.ndarray:  # fmt: skip
+    """(1 - e^-(1 - alpha)) opt - beta, the tighter form (1 - e^-x >= (1 - 1/e) x on [0, 1]).
+    Example: opt 1, alpha 0.5, beta 0 -> 1 - e^-0.5 = 0.393."""
+    return (1.0 - np.exp(-(1.0 - np.asarray(alpha, dtype=np.float64)))) * opt - beta
 
 
 @dataclass(frozen=True)
@@ -73,7 +81,10 @@ class Certificate:
     best_gains: np.ndarray  # (k,) g*_t
 
     def bound(self, opt: float) -> float:
-        return float(dynamic_bound(opt, self.alpha, self.beta))
+        return float(certificate_bound(opt, self.alpha, self.beta))
+
+    def bound_exp(self, opt: float) -> float:
+        return float(certificate_bound_exp(opt, self.alpha, self.beta))
 
 
 def alpha_beta(gains: np.ndarray, best_gains: np.ndarray, delta: float) -> tuple[float, float]:

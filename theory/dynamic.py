@@ -4,12 +4,12 @@ At step i the ground set is {0..i} and the objective is f_i (e.g. the accumulate
 attention score through row i). The paper's greedy eviction (its Algorithm 2): add the
 new element, and if more than k are held, drop the element whose removal hurts the
 *perceived* objective least - f~_i, what the algorithm can compute (renormalised
-attention over the cache, not the full model's row). The paper's Thm D.32 bounds the
-held set against the per-step optimum opt_i = max_{|S| <= k, S <= {0..i}} f_i(S):
+attention over the cache, not the full model's row). The paper's Thm D.32 has the shape
+f_i(S_i) >= (1 - 1/e)(1 - alpha) opt_i - beta with opt_i = max_{|S| <= k, S <= {0..i}} f_i(S),
+conditional on its drift hypotheses (computed literally in :mod:`theory.paper`).
 
-    f_i(S_i) >= (1 - 1/e)(1 - alpha) opt_i - beta.
-
-:func:`dynamic_report` measures, at every step, alpha and beta for the set actually held
+:func:`dynamic_report` checks OUR a-posteriori certificate of that shape instead, valid for
+any held set: alpha and beta measured for the set actually held
 (:func:`theory.bounds.greedy_certificate`; beta charges 2 eps0 per gain, eps0 = the
 largest |f~_i - f_i| over the sets the algorithm compared), and the drift diagnostics
 theta_i = 1 - f_i(S_{i-1}) / f_{i-1}(S_{i-1}) (how the objective moved on the kept set)
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from theory.bounds import dynamic_bound, greedy_certificate
+from theory.bounds import certificate_bound, greedy_certificate
 from theory.exact import accumulated_score_max, all_masks, brute_force_max
 from theory.functions import AccumulatedScore, FacilityLocation, SetFunction, as_mask
 
@@ -149,7 +149,7 @@ def dynamic_report(objectives: Sequence[SetFunction], trajectory: Trajectory,
         certificate = greedy_certificate(f, held, allowed, delta=2.0 * eps0)
         rows["value"][i], rows["opt"][i], rows["eps0"][i] = f(held), optimum, eps0
         rows["alpha"][i], rows["beta"][i] = certificate.alpha, certificate.beta
-        rows["bound"][i] = dynamic_bound(optimum, certificate.alpha, certificate.beta)
+        rows["bound"][i] = certificate_bound(optimum, certificate.alpha, certificate.beta)
         if i:
             before = objectives[i - 1](trajectory.held[i - 1])
             if before > 0:

@@ -1,8 +1,16 @@
-"""The dynamic bound on a real trace: H2O's greedy trajectory vs the per-step optimum.
+"""Our a-posteriori certificate on a real trace: any trajectory vs the per-step optimum.
+
+NOT the paper's Thm D.32 (that one is :mod:`theory.paper`): the certificate
+f(S_i) >= (1 - e^-(1 - alpha_i)) opt_i - beta_i >= (1 - 1/e)(1 - alpha_i) opt_i - beta_i
+holds for ANY held set S_i of a monotone submodular f, because alpha_i is measured on S_i
+after the fact (:mod:`theory.bounds`). A random cache satisfies it too; what differs between
+policies is how tight it is (greedy's alpha is smaller).
 
 The trajectory is the one the engine replays (default: the registered ``heavy`` policy,
 H2O's greedy eviction by accumulated attention - the paper's Algorithm 2, except that
-the engine never evicts the newest token). At every step i and cache unit:
+the engine never evicts the newest token), or given held sets (``held``, e.g. the
+paper's own Algorithm 2 from :func:`theory.paper.algorithm2_trajectory`). At every step i
+and cache unit:
 
 - f_i(S) = h(sum_{j in S} A_i(j)), A_i(j) = sum_{s <= i} W[s, j] with W the unit's metric
   weights (each head's row as a share of its total, averaged over the unit's heads):
@@ -15,9 +23,10 @@ the engine never evicts the newest token). At every step i and cache unit:
   observation A~ = A and eps0 = 0.
 - alpha_i, beta_i from :func:`theory.bounds.accumulated_certificate` - delta = 0 by
   default (beta = 0; the certificate already uses the true gains), or delta = 2 eps0_i
-  with ``charge_eps0`` (the paper's split: beta pays for approximate scores) - and the
-  bound (1 - 1/e)(1 - alpha_i) opt_i - beta_i; drift diagnostics theta_i and gamma_i as
-  in :mod:`theory.dynamic`.
+  with ``charge_eps0`` (beta pays for approximate scores, as the paper splits them) - and
+  the certificate (1 - 1/e)(1 - alpha_i) opt_i - beta_i (``bound``) and its tighter form
+  (1 - e^-(1 - alpha_i)) opt_i - beta_i (``bound_exp``); drift diagnostics theta_i and
+  gamma_i as in :mod:`theory.dynamic` (the paper's own theta, gamma: :mod:`theory.paper`).
 """
 
 from __future__ import annotations
@@ -28,13 +37,18 @@ from typing import Any
 
 import numpy as np
 
-from h2osim.engine import ReplayConfig, ReplayResult, replay
+from h2osim.engine import ReplayConfig, replay
 from h2osim.policies import Policy, make_policy
 from h2osim.trace import Trace
-from theory.bounds import ONE_MINUS_INV_E, accumulated_certificate, dynamic_bound
+from theory.bounds import (
+    ONE_MINUS_INV_E,
+    accumulated_certificate,
+    certificate_bound,
+    certificate_bound_exp,
+)
 from theory.functions import concave, concave_slope
 
-FIELDS = ("value", "opt", "alpha", "beta", "eps0", "bound", "theta", "gamma")
+FIELDS = ("value", "opt", "alpha", "beta", "eps0", "bound", "bound_exp", "theta", "gamma")
 
 
 @dataclass
@@ -66,6 +80,17 @@ class TraceBoundReport:
         return np.divide(self.bound, self.opt, out=np.zeros_like(self.bound), where=self.opt > 0)
 
     @property
+    def bound_exp_ratio(self) -> np.ndarray:
+        return np.divide(self.bound_exp, self.opt, out=np.zeros_like(self.bound_exp),
+                         where=self.opt > 0)  # fmt: skip
+
+    def undrifted_violations(self, tolerance: float = 1e-9) -> np.ndarray:
+        """``(k, 2)`` (step, unit) where f(S_i) < (1 - 1/e) opt_i: the bound WITHOUT drift is
+        false there (a wrong version of the certificate, alpha = beta = 0)."""
+        return np.argwhere(self.value < ONE_MINUS_INV_E * self.opt
+                           - tolerance * np.maximum(1.0, np.abs(self.opt)))  # fmt: skip
+
+    @property
     def slack(self) -> np.ndarray:
         """f_i(S_i) - bound_i: never negative when the bound holds."""
         return self.value - self.bound
@@ -84,6 +109,8 @@ class TraceBoundReport:
             "steps_checked": int(self.value.size), "violations": int(len(self.violations())),
             "mean_ratio": float(self.ratio[span].mean()), "min_ratio": float(self.ratio.min()),
             "mean_bound_ratio": float(self.bound_ratio[span].mean()),
+            "mean_bound_exp_ratio": float(self.bound_exp_ratio[span].mean()),
+            "undrifted_violations": int(len(self.undrifted_violations())),
             "min_slack_ratio": float((self.ratio - self.bound_ratio).min()),
             "mean_alpha": float(self.alpha[span].mean()), "max_alpha": float(self.alpha.max()),
             "max_eps0": float(self.eps0.max()), "max_beta_ratio": float(
@@ -109,19 +136,31 @@ def trace_bound_report(
     concave_name: str = "identity",
     charge_eps0: bool = False,
     progress: bool = False,
+    held: np.ndarray | None = None,
 ) -> TraceBoundReport:
-    """Replay ``policy`` and check the dynamic bound at every step of every unit.
+    """Replay ``policy`` (or take ``held``) and check our certificate at every step and unit.
 
     ``charge_eps0``: charge 2 eps0 of every gain to beta, as the paper's split does
     (alpha then measures only the rest); by default delta = 0 and beta = 0, since the
     certificate already uses the true gains. Both bounds are valid.
+    ``held``: ``(n, units, n)`` bool held sets to certify instead of replaying ``policy``
+    (then ``policy`` is only a name and the observation is the full row).
     """
-    policy = make_policy(policy) if isinstance(policy, str) else policy
-    if not policy.online:
-        raise ValueError(f"policy {policy.name!r} is offline; the bound is about online eviction")
-    result: ReplayResult = replay(trace, policy, budget, budget_of=budget_of, config=config,
-                                  progress=progress)  # fmt: skip
-    config = result.config
+    if held is not None:
+        name = policy if isinstance(policy, str) else policy.name
+        config = config or ReplayConfig(observation="full")
+        kept_at = lambda t: held[t, :, : t + 1]  # noqa: E731
+        k = int(held.sum(axis=2).max())
+    else:
+        policy = make_policy(policy) if isinstance(policy, str) else policy
+        if not policy.online:
+            raise ValueError(
+                f"policy {policy.name!r} is offline; the bound is about online eviction"
+            )
+        result = replay(
+            trace, policy, budget, budget_of=budget_of, config=config, progress=progress
+        )
+        config, name, kept_at, k = result.config, policy.name, result.kept_at, result.budget
     layout = config.layout(trace)
     n, units = trace.n, layout.units
     weights = np.stack([layout.weights(u) for u in range(units)])  # (units, n, n)
@@ -130,7 +169,7 @@ def trace_bound_report(
     slope = concave_slope(concave_name)
     arrays = {name: np.full((n, units), np.nan) for name in FIELDS}
     sizes = np.zeros((n, units), dtype=np.int64)
-    previous_held = None
+    previous_kept = None
     steps: Iterable[int] = range(n)
     if progress:
         from tqdm import tqdm
@@ -138,32 +177,33 @@ def trace_bound_report(
         steps = tqdm(steps, desc="bound report", unit="step", leave=False, delay=1.0)
     for i in steps:
         row = weights[:, i, : i + 1]  # (units, i+1)
-        held = result.kept_at(i)  # (units, i+1)
+        kept = kept_at(i)  # (units, i+1)
         true_score[:, : i + 1] += row
         if config.observation == "full":
             seen_score[:, : i + 1] += row
         else:
-            kept_row = np.where(held, row, 0.0)
+            kept_row = np.where(kept, row, 0.0)
             total = kept_row.sum(axis=1, keepdims=True)
             seen_score[:, : i + 1] += np.divide(kept_row, total, out=np.zeros_like(kept_row),
                                                 where=total > 0)  # fmt: skip
         scores = true_score[:, : i + 1]
-        size = held.sum(axis=1)
+        size = kept.sum(axis=1)
         sizes[i] = size
-        value = concave(concave_name, np.where(held, scores, 0.0).sum(axis=1))
+        value = concave(concave_name, np.where(kept, scores, 0.0).sum(axis=1))
         optimum = concave(concave_name, _top_sum(scores, size))
         error = seen_score[:, : i + 1] - scores
         eps0 = slope * np.maximum(_top_sum(np.maximum(error, 0.0), size),
                                   _top_sum(np.maximum(-error, 0.0), size))  # fmt: skip
-        allowed = np.ones_like(held)
+        allowed = np.ones_like(kept)
         delta = 2.0 * eps0 if charge_eps0 else np.zeros(units)
-        alpha, beta = accumulated_certificate(scores, held, allowed, concave_name, delta)
+        alpha, beta = accumulated_certificate(scores, kept, allowed, concave_name, delta)
         arrays["value"][i], arrays["opt"][i], arrays["eps0"][i] = value, optimum, eps0
         arrays["alpha"][i], arrays["beta"][i] = alpha, beta
-        arrays["bound"][i] = dynamic_bound(optimum, alpha, beta)
-        if previous_held is not None:
-            padded = np.zeros_like(held)
-            padded[:, :i] = previous_held
+        arrays["bound"][i] = certificate_bound(optimum, alpha, beta)
+        arrays["bound_exp"][i] = certificate_bound_exp(optimum, alpha, beta)
+        if previous_kept is not None:
+            padded = np.zeros_like(kept)
+            padded[:, :i] = previous_kept
             before = concave(
                 concave_name, np.where(padded[:, :i], scores[:, :i] - row[:, :i], 0.0).sum(axis=1)
             )
@@ -175,8 +215,8 @@ def trace_bound_report(
             arrays["gamma"][i] = np.where(
                 last > 0, optimum / np.where(last > 0, last, 1.0) - 1.0, np.nan
             )
-        previous_held = held
-    return TraceBoundReport(policy=policy.name, budget=result.budget, concave_name=concave_name,
+        previous_kept = kept
+    return TraceBoundReport(policy=name, budget=int(k), concave_name=concave_name,
                             charge_eps0=charge_eps0,
                             config=config, unit_labels=layout.labels,
                             prompt_length=trace.prompt_length, sizes=sizes, arrays=arrays)  # fmt: skip
