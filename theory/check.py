@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--json", metavar="PATH", help="write the 'paper' and 'certificate' sections, per "
                         "layer and per step, as JSON ('-': stdout)")  # fmt: skip
+    parser.add_argument("--d4", type=int, metavar="M", default=0,
+                        help="also check Def. D.4 (submodularity w.r.t. the cache Z) exhaustively on "
+                        "the M most attended tokens of every 16th row of every unit (M <= 14; 0: off)")  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return parser
 
@@ -208,6 +211,19 @@ def run(args: argparse.Namespace) -> int:
                                  f"k={report.budget}, h={args.concave}", chain=chain)  # fmt: skip
         print(f"wrote {args.plot}")
     paper = chain.summary()
+    d4 = None
+    if args.d4:
+        from theory.d4 import d4_on_trace
+
+        if args.trajectory != "engine":
+            raise ValueError("--d4 checks the engine's trajectory; drop --trajectory algorithm2")
+        d4 = d4_on_trace(trace, args.policy, args.budget, config=config, ground=args.d4).summary()
+        for name in d4["checked"]:
+            print(f"Def. D.4 ({name} objective, Z = the cache entering the step, {args.d4} tokens): "
+                  f"fails at {d4['failed'][name]} of {d4['checked'][name]} instances "
+                  f"({d4['failure_rate'][name]:.0%})")  # fmt: skip
+        if d4["witnesses"]:
+            print(f"  first witness: {d4['witnesses'][0]}")
     if args.json:
         certificate = dict(report.summary(), kind="a-posteriori certificate (ours, valid for any set; "
                            "not the paper's Thm D.32)")  # fmt: skip
@@ -217,7 +233,7 @@ def run(args: argparse.Namespace) -> int:
         payload = {"trace": str(args.trace), "trajectory": report.policy, "budget": report.budget,
                    "config": vars(report.config),
                    "paper": dict(paper, per_layer=chain.per_layer(), per_step_mean=chain.per_step_mean()),
-                   "certificate": certificate}  # fmt: skip
+                   "certificate": certificate, "d4": d4}  # fmt: skip
         write_json(args.json, _finite(payload))
     proved_fails = len(report.violations()) or paper["theorem_violations"]
     return 1 if proved_fails else 0

@@ -111,6 +111,16 @@ class PaperChain:
                 "alpha_min": alpha, "alpha_min_as_stated": alpha_stated,
                 "beta_min": scale * np.maximum(eps0, 0.0)}  # fmt: skip
 
+    def admits(self, alpha: float, beta: float, as_stated: bool = False) -> np.ndarray:
+        """``(units,)`` bool: theta_i, gamma_i <= alpha / (10 n) and eps0_i <= beta / (10 n) at
+        every step (Thm D.32's hypotheses for these alpha, beta; gamma as D.30 uses it unless
+        ``as_stated``). Example: alpha below :meth:`constants`' alpha_min -> False."""
+        c = self.constants()
+        limit = alpha / (10.0 * self.n)
+        gamma = c["gamma"] if as_stated else c["gamma_lemma"]
+        return ((c["theta"] <= limit) & (gamma <= limit) & (c["eps0"] <= beta / (10.0 * self.n))
+                & (0.0 < alpha < 1.0) & (beta > 0.0))  # fmt: skip
+
     def hypotheses_hold(self) -> np.ndarray:
         """``(units,)`` bool: some alpha in (0, 1) meets theta, gamma <= alpha / (10 n)."""
         return self.constants()["alpha_min"] < 1.0
