@@ -246,3 +246,31 @@ def attention_set_functions(draw, max_size: int = 6):
     values = draw(arrays(np.float64, (size, draw(st.integers(1, 3))), elements=_element(-2.0, 2.0)))
     assume(np.linalg.norm(weights @ values) > 1e-3)  # the relative error needs a non-zero output
     return functions.OutputFidelity(weights, values)
+
+
+@st.composite
+def eviction_runs(draw, max_n: int = 8):
+    """(weights, k): attention rows of one unit and a budget, for the paper's Algorithm 2."""
+    weights = draw(weight_matrices(max_n, min_n=2))
+    return weights, draw(st.integers(1, len(weights)))
+
+
+@st.composite
+def slow_drift_chains(draw, max_n: int = 7):
+    """A PaperChain whose Thm D.32 hypotheses can hold: token t arrives with weight w_t
+    (nothing accumulates on it later) and token 0 gains ``drift`` per step, so opt moves by
+    ~drift a step; the paper's Algorithm 2 (newest evictable) picks the held sets."""
+    from theory.paper import PaperChain, algorithm2_trajectory, chain_from_scores
+
+    n = draw(st.integers(2, max_n))
+    w = draw(arrays(np.float64, n, elements=_element(0.01, 1.0)))
+    drift = draw(st.sampled_from((0.0, 1e-5, 1e-4, 1e-3, 0.05)))
+    rows = np.zeros((n, 1, n))
+    for t in range(n):
+        rows[t, 0, t] = w[t]
+        if t:
+            rows[t, 0, 0] += drift
+    k = draw(st.integers(1, n))
+    held = algorithm2_trajectory(np.moveaxis(rows, 0, 1), k)
+    arrays_ = chain_from_scores(rows, rows, held)
+    return PaperChain(n=n, concave_name="identity", unit_labels=((0, 0),), arrays=arrays_)

@@ -157,7 +157,7 @@ def test_check_cli_reports_the_bound_and_writes_a_png(tmp_path, capsys):
                        "--no-progress", "--rows", "4"])  # fmt: skip
     out = capsys.readouterr().out
     assert code == 0
-    assert "bound holds at all 768 (step, unit) pairs" in out
+    assert "certificate holds at all 768 (step, unit) pairs" in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -166,8 +166,9 @@ def test_check_cli_json_and_eps0(capsys):
                        "--charge-eps0", "--no-plot", "--no-progress", "--json", "-"])  # fmt: skip
     out = capsys.readouterr().out
     payload = json.loads(out[out.index("{\n") :])
-    assert code == 0 and payload["summary"]["violations"] == 0
-    assert payload["summary"]["max_eps0"] > 0  # renormalised scores are approximate
+    assert code == 0 and payload["certificate"]["violations"] == 0
+    assert payload["certificate"]["max_eps0"] > 0  # renormalised scores are approximate
+    assert payload["paper"]["eps0_max"] > 0
 
 
 @pytest.mark.parametrize(

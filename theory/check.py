@@ -176,6 +176,8 @@ def run(args: argparse.Namespace) -> int:
     trace = Trace.load(args.trace)
     if args.rows < 1:
         raise ValueError(f"--rows must be >= 1, got {args.rows}")
+    if args.d4 and not 2 <= args.d4 <= 14:
+        raise ValueError(f"--d4: ground must be in 2..14 (exhaustive over 2^M sets), got {args.d4}")
     config = replay_config_from_args(args)
     print(f"trace {args.trace}: {trace.describe()}", flush=True)
     if args.trajectory == "algorithm2":
