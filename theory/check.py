@@ -134,7 +134,9 @@ def paper_lines(chain: PaperChain) -> list[str]:
         f"  theta_max (D.26, on what the policy sees) {s['theta_max']:.3g}, on the true f (D.25) "
         f"{s['theta_exact_max']:.3g}",
         f"  gamma_max (D.28 as stated) {s['gamma_max']:.3g}; as D.29/D.30 use it {s['gamma_lemma_max']:.3g} "
-        f"(above the limit at {s['gamma_lemma_steps_over_limit']} of {s['steps']} step-units)",
+        f"(above the limit at {s['gamma_lemma_steps_over_limit']} of {s['steps']} step-units; max "
+        f"{s['gamma_lemma_max_after_first_eviction']:.3g} after the first eviction, "
+        f"{_g(s['gamma_lemma_last'])} at the last step)",
         f"  eps0_max (one-sided score error) {s['eps0_max']:.3g}",
     ]
     if s["hypotheses_hold"]:

@@ -64,7 +64,17 @@ from h2osim.trace import Trace
 from theory.bounds import ONE_MINUS_INV_E
 from theory.functions import concave, concave_slope
 
-PER_STEP = ("value", "perceived", "opt", "theta", "theta_exact", "gamma", "gamma_lemma", "eps0")
+PER_STEP = (
+    "value",
+    "perceived",
+    "opt",
+    "theta",
+    "theta_exact",
+    "gamma",
+    "gamma_lemma",
+    "eps0",
+    "size",
+)
 TOLERANCE = 1e-9
 
 
@@ -206,6 +216,10 @@ class PaperChain:
             "gamma_lemma_max": float(c["gamma_lemma"].max()),
             "gamma_lemma_steps_over_limit": int(np.sum(self.gamma_lemma[:, columns] > limit)),
             "steps": int(np.sum(np.isfinite(self.gamma_lemma[:, columns]))),
+            "gamma_lemma_max_after_first_eviction": float(_nanmax(np.where(
+                self.size[:, columns] < np.arange(1, self.n + 1)[:, None],
+                self.gamma_lemma[:, columns], np.nan))),
+            "gamma_lemma_last": float(np.nanmean(self.gamma_lemma[-2, columns])) if self.n > 1 else None,
             "eps0_max": float(c["eps0"].max()),
             "hypotheses_hold": hold,
             "hypotheses_hold_as_stated": bool(np.all(c["alpha_min_as_stated"] < 1.0)),
@@ -296,6 +310,7 @@ def chain_from_steps(
         true_score[:, : t + 1] += true_row
         seen_score[:, : t + 1] += seen_row
         size = current.sum(axis=1)
+        out["size"][t] = size
         out["value"][t] = h_sum(concave_name, true_score, current)
         out["perceived"][t] = h_sum(concave_name, seen_score, current)
         out["opt"][t] = concave(concave_name, _top_sum(true_score[:, : t + 1], size))
