@@ -458,33 +458,117 @@ def greedy_chart(greedy_values: Sequence[float], optimal_values: Sequence[float]
     }  # fmt: skip
 
 
+VACUOUS_FLOOR = (
+    -1.0
+)  # shares of opt below this are drawn at the floor (the bound says nothing there)
+
+
+def _share_domain(*series: np.ndarray) -> list[float]:
+    """y-domain for shares of opt: from min(0, the lowest value) (floored at VACUOUS_FLOOR) to
+    1.02, so a negative (vacuous) bound stays in view. Example: [0.5, -8.6] -> [-1.0, 1.02]."""
+    values = np.concatenate([np.asarray(s, dtype=np.float64).ravel() for s in series])
+    values = values[np.isfinite(values)]
+    low = float(values.min()) if values.size else 0.0
+    return [max(VACUOUS_FLOOR, min(0.0, np.floor(low * 10) / 10)), 1.02]
+
+
 def bound_chart(bound: Mapping[str, Any]) -> Spec:
-    """The dynamic bound on a trace, as shares of the per-step optimum opt_i."""
+    """Our a-posteriori certificate on a trace, as shares of the per-step optimum opt_i.
+
+    Values below VACUOUS_FLOOR are clipped to it (the tooltip keeps the true value); the
+    y-domain always includes the lowest drawn value, so ticking "charge score errors to
+    beta" (bounds of -8.6 or -30) keeps the axis, the title and the band."""
     n = len(bound["ratio_mean"])
+    held, floor = (
+        "held f(S_i) / opt_i (mean over units)",
+        "our certificate / opt_i (mean over units)",
+    )
+    tighter = "1 - e^-(1 - alpha) form (mean)"
     data = pd.DataFrame({
         "step": np.arange(n), "low": bound["ratio_min"], "high": bound["ratio_max"],
-        "held f(S_i) / opt_i (mean over units)": bound["ratio_mean"],
-        "bound / opt_i (mean over units)": bound["bound_mean"],
+        held: bound["ratio_mean"], floor: bound["bound_mean"], tighter: bound["bound_exp_mean"],
     })  # fmt: skip
-    lines = data.melt(id_vars=["step"], value_vars=["held f(S_i) / opt_i (mean over units)",
-                                                    "bound / opt_i (mean over units)"],
-                      var_name="curve", value_name="share of opt_i")  # fmt: skip
+    lines = data.melt(id_vars=["step"], value_vars=[held, floor, tighter], var_name="curve",
+                      value_name="value")  # fmt: skip
+    lines["share of opt_i"] = lines["value"].clip(lower=VACUOUS_FLOOR)
+    domain = _share_domain(data["low"], lines["share of opt_i"])
     prompt_data, prompt_layers = _prompt_rule(bound["prompt_length"], n)
     return {
-        "title": "dynamic bound: what greedy eviction holds vs the guarantee",
+        "title": "our a-posteriori certificate (valid for any set): held value vs certificate",
         "height": 320,
-        "datasets": {"band": data, "lines": lines, "nemhauser": [{"y": ONE_MINUS_INV_E, "label": "1 - 1/e"}],
+        "datasets": {"band": data, "lines": lines,
+                     "rules": [{"y": ONE_MINUS_INV_E, "label": "1 - 1/e"},
+                               {"y": 0.0, "label": "0: below it a bound says nothing (vacuous)"}],
                      **prompt_data},
         "layer": [
-            {"data": {"name": "band"}, "mark": {"type": "area", "color": "#1b9e77", "opacity": 0.2},
-             "encoding": {"x": _q("step", "step i"), "y": _q("low", "share of opt_i", scale={"domain": [0, 1.02]}),
+            {"data": {"name": "band"}, "mark": {"type": "area", "color": "#1b9e77", "opacity": 0.2, "clip": True},
+             "encoding": {"x": _q("step", "step i"), "y": _q("low", "share of opt_i", scale={"domain": domain}),
                           "y2": {"field": "high"}, "tooltip": [_q("step"), _q("low", format=".3f"), _q("high", format=".3f")]}},
-            {"data": {"name": "lines"}, "mark": {"type": "line", "strokeWidth": 1.4},
+            {"data": {"name": "lines"}, "mark": {"type": "line", "strokeWidth": 1.4, "clip": True},
              "encoding": {"x": _q("step"), "y": _q("share of opt_i"),
-                          "color": _n("curve", scale={"range": ["#d62728", "#1b9e77"]},
+                          "color": _n("curve", scale={"domain": [held, floor, tighter],
+                                                      "range": ["#1b9e77", "#d62728", "#ff9896"]},
                                       legend={"orient": "bottom", "title": None, "labelLimit": 320}),
-                          "tooltip": [_n("curve"), _q("step"), _q("share of opt_i", format=".3f")]}},
-            {"data": {"name": "nemhauser"}, "mark": {"type": "rule", "color": "grey", "strokeDash": [5, 3]},
+                          "tooltip": [_n("curve"), _q("step"), _q("value", format=".3f")]}},
+            {"data": {"name": "rules"}, "mark": {"type": "rule", "color": "grey", "strokeDash": [5, 3]},
+             "encoding": {"y": _q("y"), "tooltip": [_n("label")]}},
+            *prompt_layers,
+        ],
+    }  # fmt: skip
+
+
+def paper_hypotheses_chart(steps: Mapping[str, Any], n: int) -> Spec:
+    """Thm D.32's hypotheses over the steps (log scale): gamma_i as D.30 uses D.28, theta_i
+    and eps0_i / opt_i where positive, against the largest value any alpha < 1 allows,
+    alpha / (10 n) = 1 / (10 n). Points above the line break the theorem's hypotheses."""
+    curves = {"gamma_lemma": "gamma_i (D.28 as D.30 uses it)", "theta": "theta_i (D.26), where > 0",
+              "eps0_over_opt": "eps0_i / opt_i, where > 0"}  # fmt: skip
+    rows = [{"step": t, "value": value, "curve": label}
+            for name, label in curves.items()
+            for t, value in enumerate(steps[name]) if value is not None and value > 0]  # fmt: skip
+    limit = 1.0 / (10.0 * n)
+    return {
+        "title": "the paper's hypotheses: theta, gamma, eps0 must stay below alpha/(10 n)",
+        "height": 300,
+        "datasets": {"hyp": rows, "limit": [{"y": limit, "label": f"alpha/(10 n) with alpha -> 1: {limit:.2g}"}]},
+        "layer": [
+            {"data": {"name": "hyp"}, "mark": {"type": "line", "strokeWidth": 1.2, "point": False},
+             "encoding": {"x": _q("step", "step i"), "y": _q("value", "value (log)", scale={"type": "log"}),
+                          "color": _n("curve", scale={"domain": list(curves.values()),
+                                                      "range": ["#d62728", "#1f78b4", "#7b3294"]},
+                                      legend={"orient": "bottom", "title": None, "labelLimit": 320}),
+                          "tooltip": [_n("curve"), _q("step"), _q("value", format=".3g")]}},
+            {"data": {"name": "limit"}, "mark": {"type": "rule", "color": "black", "strokeDash": [6, 3]},
+             "encoding": {"y": _q("y"), "tooltip": [_n("label")]}},
+        ],
+    }  # fmt: skip
+
+
+def paper_bound_chart(steps: Mapping[str, Any], prompt_length: int) -> Spec:
+    """Lemma D.30's bound and the per-step chain against what the policy held, as shares of
+    opt_(i+1) (the lemma compares with the next step's optimum); clipped at VACUOUS_FLOOR."""
+    n = len(steps["held_over_next_opt"])
+    curves = {"held_over_next_opt": "held f(S_i) / opt_(i+1)",
+              "lemma_d30_bound_over_opt": "Lemma D.30 bound / opt_(i+1)",
+              "per_step_chain_over_opt": "chain with gamma per step / opt_(i+1)"}  # fmt: skip
+    rows = [{"step": t, "value": value, "share": max(value, VACUOUS_FLOOR), "curve": label}
+            for name, label in curves.items()
+            for t, value in enumerate(steps[name]) if value is not None]  # fmt: skip
+    domain = _share_domain(np.array([row["share"] for row in rows] or [0.0]))
+    prompt_data, prompt_layers = _prompt_rule(prompt_length, n)
+    return {
+        "title": "Lemma D.30's bound vs what the policy held",
+        "height": 300,
+        "datasets": {"chain": rows, "zero": [{"y": 0.0, "label": "0: below it the bound is vacuous"}],
+                     **prompt_data},
+        "layer": [
+            {"data": {"name": "chain"}, "mark": {"type": "line", "strokeWidth": 1.3, "clip": True},
+             "encoding": {"x": _q("step", "step i"), "y": _q("share", "share of opt_(i+1)", scale={"domain": domain}),
+                          "color": _n("curve", scale={"domain": list(curves.values()),
+                                                      "range": ["#1b9e77", "#d62728", "#999999"]},
+                                      legend={"orient": "bottom", "title": None, "labelLimit": 320}),
+                          "tooltip": [_n("curve"), _q("step"), _q("value", format=".3g")]}},
+            {"data": {"name": "zero"}, "mark": {"type": "rule", "color": "grey", "strokeDash": [5, 3]},
              "encoding": {"y": _q("y"), "tooltip": [_n("label")]}},
             *prompt_layers,
         ],
@@ -492,7 +576,7 @@ def bound_chart(bound: Mapping[str, Any]) -> Spec:
 
 
 def alpha_beta_chart(bound: Mapping[str, Any]) -> Spec:
-    """The measured alpha (drift) and beta / opt (score error) of the dynamic bound."""
+    """The measured alpha (drift) and beta / opt (score error) of our certificate."""
     n = len(bound["alpha_mean"])
     data = pd.DataFrame(
         {"step": np.arange(n), "alpha": bound["alpha_mean"], "beta / opt": bound["beta_mean"]}

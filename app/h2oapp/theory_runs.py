@@ -19,6 +19,7 @@ import streamlit as st
 
 from h2oapp import cached
 from theory.bounds import nemhauser_bound
+from theory.counterexamples import all_counterexamples
 from theory.exact import accumulated_score_max, brute_force_max
 from theory.functions import (
     AccumulatedScore,
@@ -30,6 +31,7 @@ from theory.functions import (
     WeightedCoverage,
 )
 from theory.greedy import greedy
+from theory.paper import paper_chain
 from theory.report import trace_bound_report
 from theory.submodularity import find_counterexample, find_monotonicity_violation
 
@@ -99,24 +101,53 @@ def trace_bound(
     key: cached.TraceKey, policy: str, params: cached.Params, budget: float,
     options: cached.Options, concave_name: str, charge_eps0: bool,
 ) -> dict[str, Any]:  # fmt: skip
-    """The dynamic bound (Thm D.32 shape) along a replayed trajectory, summarised per step."""
+    """One replay, two analyses, summarised per step: our a-posteriori certificate
+    (:mod:`theory.report`, valid for any set) and the paper's App. D chain
+    (:mod:`theory.paper`: theta, gamma, eps0, Lemma D.30, Thm D.32's hypotheses)."""
+    from h2osim.engine import replay
     from h2osim.policies import make_policy
 
-    report = trace_bound_report(
-        cached.load_trace(key), make_policy(policy, **dict(params)), budget,
-        config=cached.replay_config(options), concave_name=concave_name, charge_eps0=charge_eps0,
-    )  # fmt: skip
+    trace = cached.load_trace(key)
+    config = cached.replay_config(options)
+    result = replay(trace, make_policy(policy, **dict(params)), budget, config=config)
+    n = trace.n
+    held = np.zeros((n, len(result.unit_labels), n), dtype=bool)
+    for t in range(n):
+        held[t, :, : t + 1] = result.kept_at(t)
+    report = trace_bound_report(trace, policy, budget, config=result.config,
+                                concave_name=concave_name, charge_eps0=charge_eps0, held=held)  # fmt: skip
+    chain = paper_chain(trace, policy, budget, concave_name=concave_name, result=result)
     ratio, bound = report.ratio, report.bound_ratio  # (n, units)
     beta_ratio = np.divide(
         report.beta, report.opt, out=np.zeros_like(report.beta), where=report.opt > 0
     )
+    paper = chain.summary()
     return {
         "summary": report.summary(),
         "prompt_length": report.prompt_length,
         "ratio_mean": ratio.mean(axis=1), "ratio_min": ratio.min(axis=1), "ratio_max": ratio.max(axis=1),
-        "bound_mean": bound.mean(axis=1), "alpha_mean": report.alpha.mean(axis=1),
-        "beta_mean": beta_ratio.mean(axis=1),
+        "bound_mean": bound.mean(axis=1), "bound_exp_mean": report.bound_exp_ratio.mean(axis=1),
+        "alpha_mean": report.alpha.mean(axis=1), "beta_mean": beta_ratio.mean(axis=1),
+        "paper": paper, "paper_steps": chain.per_step_mean(),
     }  # fmt: skip
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def paper_counterexamples() -> list[dict[str, Any]]:
+    """The four exact instances of :mod:`theory.counterexamples`, as table rows."""
+    return [{"counterexample": c.name, "breaks": c.claim, "observed": c.broken,
+             "numbers": ", ".join(f"{k} = {_short(v)}" for k, v in c.numbers.items())}
+            for c in all_counterexamples()]  # fmt: skip
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list) and len(value) > 6:
+        return "[" + ", ".join(_short(v) for v in value[:3]) + ", ..., " + _short(value[-1]) + "]"
+    if isinstance(value, list):
+        return "[" + ", ".join(_short(v) for v in value) + "]"
+    return str(value)
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
