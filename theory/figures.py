@@ -48,7 +48,7 @@ def bound_report_figure(report: TraceBoundReport, title: str = "", chain=None):
         means = chain.per_step_mean()
         for name, colour, label in (("gamma_lemma", "C3", "gamma_i (as D.30 uses D.28)"),
                                     ("eps0_over_opt", "C4", "eps0_i / opt_i"),
-                                    ("lemma_d30_bound_over_opt", "C0", "Lemma D.30 bound / opt_(i+1)")):  # fmt: skip
+                                    ("lemma_d30_bound_over_opt", "C0", "Lemma D.30 bound / opt_(i+1) (off the axis: < 1e-7)")):  # fmt: skip
             values = np.array([np.nan if v is None else v for v in means[name]])
             paper.plot(
                 steps, np.where(values > 0, values, np.nan), color=colour, lw=1.1, label=label
@@ -57,6 +57,9 @@ def bound_report_figure(report: TraceBoundReport, title: str = "", chain=None):
             1.0 / (10 * chain.n), color="k", ls="--", lw=1, label="alpha/(10 n), alpha -> 1"
         )
         paper.set_yscale("log")
+        paper.set_ylim(
+            1e-7, 2.0
+        )  # D.30's bound falls off the bottom: below 1e-7 of opt it says nothing
         paper.set_ylabel("paper's App. D")
         paper.grid(alpha=0.3)
         paper.legend(fontsize=7, ncol=2)
