@@ -109,7 +109,7 @@ def greedy_eviction(perceived: Sequence[SetFunction], k: int,
 
 @dataclass(frozen=True)
 class DynamicReport:
-    """Per-step arrays ``(steps,)`` of a trajectory checked against the dynamic bound."""
+    """Per-step arrays ``(steps,)`` of a trajectory checked against our certificate."""
 
     value: np.ndarray  # f_i(S_i)
     opt: np.ndarray  # opt_i over |S| <= |S_i| within {0..i}
