@@ -69,7 +69,7 @@ def test_section_2_shows_the_papers_chain_and_the_certificate(app):
     assert app.metric[4].value == "fail"  # synthetic attention accumulates: gamma ~ 1/(i+2)
     assert any("guarantees nothing" in w.value for w in app.warning)
     titles = list(specs(app))
-    assert any("the paper's hypotheses" in t for t in titles)
+    assert any("hypotheses vs alpha" in t for t in titles)
     assert any("Lemma D.30" in t for t in titles)
     assert any("a-posteriori certificate" in t for t in titles)
     counterexamples = app.dataframe[-2].value

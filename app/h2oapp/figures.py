@@ -528,7 +528,7 @@ def paper_hypotheses_chart(steps: Mapping[str, Any], n: int) -> Spec:
             for t, value in enumerate(steps[name]) if value is not None and value > 0]  # fmt: skip
     limit = 1.0 / (10.0 * n)
     return {
-        "title": "the paper's hypotheses: theta, gamma, eps0 must stay below alpha/(10 n)",
+        "title": "Thm D.32's hypotheses vs alpha/(10 n)",
         "height": 300,
         "datasets": {"hyp": rows, "limit": [{"y": limit, "label": f"alpha/(10 n) with alpha -> 1: {limit:.2g}"}]},
         "layer": [
