@@ -77,25 +77,34 @@ def _format(value: float) -> str:
     return "-" if not np.isfinite(value) else f"{value:.3f}"
 
 
-def report_lines(report: TraceBoundReport, rows: int) -> list[str]:
-    """The per-step table (means over units unless the header says min/max) and summary."""
+def _mean(values: np.ndarray) -> float:
+    return float(np.nanmean(values)) if np.isfinite(values).any() else np.nan
+
+
+def report_lines(report: TraceBoundReport, rows: int, chain: PaperChain | None = None) -> list[str]:
+    """The per-step table (means over units unless the header says min/max) and summary;
+    with ``chain``, the last columns are the paper's theta_i (D.26) and gamma_i (D.28 as
+    Lemma D.30 uses it), else the report's own drift diagnostics."""
     n = len(report.ratio)
     evicting = np.flatnonzero((report.sizes < np.arange(1, n + 1)[:, None]).any(axis=1))
     first = int(evicting[0]) if evicting.size else 0
     chosen = sorted({first, n - 1, *np.linspace(first, n - 1, max(rows, 2)).round().astype(int)})
     beta_ratio = np.divide(report.beta, report.opt, out=np.zeros_like(report.beta),
                            where=report.opt > 0)  # fmt: skip
-    header = ["step", "|S|", "f/opt", "f/opt min", "bound/opt", "slack min", "alpha", "beta/opt",
-              "eps0 max", "theta", "gamma"]  # fmt: skip
+    header = ["step", "|S|", "f/opt", "f/opt min", "cert/opt", "exp form", "slack min", "alpha",
+              "beta/opt", "eps0 max"] + (["theta D.26", "gamma D.30"] if chain is not None
+                                         else ["theta", "gamma"])  # fmt: skip
+    theta = chain.theta if chain is not None else report.theta
+    gamma = chain.gamma_lemma if chain is not None else report.gamma
     table = [header]
     for i in chosen:
         slack = report.ratio[i] - report.bound_ratio[i]
         table.append([str(i), str(int(report.sizes[i].max())), _format(report.ratio[i].mean()),
                       _format(report.ratio[i].min()), _format(report.bound_ratio[i].mean()),
+                      _format(report.bound_exp_ratio[i].mean()),
                       _format(slack.min()), _format(report.alpha[i].mean()),
                       _format(beta_ratio[i].mean()), _format(report.eps0[i].max()),
-                      _format(np.nanmean(report.theta[i]) if np.isfinite(report.theta[i]).any() else np.nan),
-                      _format(np.nanmean(report.gamma[i]) if np.isfinite(report.gamma[i]).any() else np.nan)])  # fmt: skip
+                      f"{_mean(theta[i]):.2g}", f"{_mean(gamma[i]):.2g}"])  # fmt: skip
     widths = [max(len(row[c]) for row in table) for c in range(len(header))]
     lines = ["  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True))
              for row in table]  # fmt: skip
@@ -188,7 +197,8 @@ def run(args: argparse.Namespace) -> int:
         config = ReplayConfig(
             aggregation=config.aggregation, layers=config.layers, observation="full"
         )
-        chain = algorithm2_chain(trace, args.budget, config=config, concave_name=args.concave)
+        chain = algorithm2_chain(trace, args.budget, config=config, concave_name=args.concave,
+                                 budget_of=args.budget_of)  # fmt: skip
         layout = config.layout(trace)
         weights = np.stack([layout.weights(u) for u in range(layout.units)])
         held = algorithm2_trajectory(weights, chain.budget)
@@ -207,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"trajectory {report.policy}, k={report.budget}, {len(report.unit_labels)} units, "
           f"observation {report.config.observation}, beta "
           f"{'charged 2*eps0 per gain' if args.charge_eps0 else 'not charged (delta = 0)'}")  # fmt: skip
-    print("\n".join(report_lines(report, args.rows) + paper_lines(chain)))
+    print("\n".join(report_lines(report, args.rows, chain) + paper_lines(chain)))
     if args.plot:
         from theory.figures import save_bound_report_figure
 

@@ -412,14 +412,14 @@ def algorithm2_trajectory(weights: np.ndarray, k: int, *, newest_evictable: bool
 
 def algorithm2_chain(trace: Trace, budget: float | int | str = 0.2, *,
                      config: ReplayConfig | None = None, concave_name: str = "identity",
-                     newest_evictable: bool = True) -> PaperChain:  # fmt: skip
+                     newest_evictable: bool = True, budget_of: str = "sequence") -> PaperChain:  # fmt: skip
     """The chain on the paper's own trajectory: Algorithm 2 with exact scores (full rows,
     so f~ = f and eps0 = 0), newest token evictable as Def. D.12 allows."""
     from h2osim.engine import resolve_budget
 
     config = config or ReplayConfig(observation="full")
     layout = config.layout(trace)
-    k = resolve_budget(budget, trace.n, trace.prompt_length)
+    k = resolve_budget(budget, trace.n, trace.prompt_length, budget_of)
     weights = np.stack([layout.weights(u) for u in range(layout.units)])  # (units, n, n)
     held = algorithm2_trajectory(weights, k, newest_evictable=newest_evictable)
     rows = np.moveaxis(np.tril(weights), 1, 0)  # (n, units, n)
