@@ -86,6 +86,8 @@ def report_lines(report: TraceBoundReport, rows: int, chain: PaperChain | None =
     with ``chain``, the last columns are the paper's theta_i (D.26) and gamma_i (D.28 as
     Lemma D.30 uses it), else the report's own drift diagnostics."""
     n = len(report.ratio)
+    if chain is not None and chain.theta.shape != report.ratio.shape:
+        chain = None  # not the same trajectory: show the report's own diagnostics
     evicting = np.flatnonzero((report.sizes < np.arange(1, n + 1)[:, None]).any(axis=1))
     first = int(evicting[0]) if evicting.size else 0
     chosen = sorted({first, n - 1, *np.linspace(first, n - 1, max(rows, 2)).round().astype(int)})
