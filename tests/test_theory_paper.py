@@ -145,6 +145,20 @@ def test_thm_d32_hypotheses_fail_on_smollm2(policy, observation):
     assert summary["lemma_d30_below_1pct_share"] > 0.9  # the lemma's bound is vacuous here
 
 
+def test_chain_on_a_given_trajectory_equals_the_replayed_one():
+    """Any trajectory (a live run's kept sets, say) goes in through ``kept_at``."""
+    from h2osim.engine import replay
+
+    trace = Trace.load("traces/synthetic-demo.npz")
+    config = ReplayConfig(observation="renormalized", layers=(0,))
+    result = replay(trace, "h2o", 0.2, config=config)
+    replayed = paper_chain(trace, "h2o", 0.2, config=config, result=result)
+    given_ = paper_chain(trace, "h2o", config=config, kept_at=result.kept_at)
+    for name in ("value", "theta", "gamma_lemma", "eps0"):
+        np.testing.assert_array_equal(getattr(replayed, name), getattr(given_, name))
+    assert given_.budget == replayed.budget and given_.summary()["eps0_max"] > 0
+
+
 def test_the_papers_own_algorithm_breaks_thm_d32_as_stated_on_pydoc():
     """Algorithm 2 with exact scores, newest evictable: theta <= 0, gamma (as stated) <= 0,
     eps0 = 0, so the stated hypotheses hold for every alpha, beta - and f falls below

@@ -340,23 +340,35 @@ def paper_chain(
     config: ReplayConfig | None = None,
     concave_name: str = "identity",
     result: ReplayResult | None = None,
+    kept_at=None,
 ) -> PaperChain:
-    """Replay ``policy`` (or take ``result``) and compute the paper's chain on every unit."""
-    policy = make_policy(policy) if isinstance(policy, str) else policy
-    if result is None:
-        if not policy.online:
-            raise ValueError(
-                f"policy {policy.name!r} is offline; the chain is about online eviction"
-            )
-        result = replay(trace, policy, budget, budget_of=budget_of, config=config)
-    config = result.config
+    """Replay ``policy`` (or take ``result``) and compute the paper's chain on every unit.
+
+    ``kept_at``: any trajectory instead, ``t -> (units, t+1)`` bool held sets on ``config``'s
+    units - e.g. a live run's ``LiveResult.kept_at`` (h2osim.model.live) on the full-cache
+    trace of the same text: then f is the trace's full attention along the cache the model
+    really had, and f~ the trace's rows renormalised over it (``observation``), which
+    approximates what the live policy saw (the live rows themselves are not recorded)."""
+    name = policy if isinstance(policy, str) else policy.name
+    if kept_at is not None:
+        config = config or ReplayConfig()
+        k = max(int(kept_at(trace.n - 1).sum(axis=1).max()), 1)
+    else:
+        policy = make_policy(policy) if isinstance(policy, str) else policy
+        if result is None:
+            if not policy.online:
+                raise ValueError(
+                    f"policy {policy.name!r} is offline; the chain is about online eviction"
+                )
+            result = replay(trace, policy, budget, budget_of=budget_of, config=config)
+        config, kept_at, k, name = result.config, result.kept_at, result.budget, policy.name
     layout = config.layout(trace)
     n, units = trace.n, layout.units
     weights = np.stack([layout.weights(u) for u in range(units)])  # (units, n, n)
 
     def step(t: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         row = weights[:, t, : t + 1]  # (units, t+1)
-        kept = result.kept_at(t)  # (units, t+1)
+        kept = kept_at(t)  # (units, t+1)
         if config.observation == "full":
             return row, row, kept
         kept_row = np.where(kept, row, 0.0)
@@ -366,7 +378,7 @@ def paper_chain(
 
     arrays = chain_from_steps(step, n, units, concave_name)
     return PaperChain(n=n, concave_name=concave_name, unit_labels=layout.labels, arrays=arrays,
-                      policy=policy.name, budget=int(result.budget))  # fmt: skip
+                      policy=name, budget=int(k))  # fmt: skip
 
 
 def algorithm2_trajectory(weights: np.ndarray, k: int, *, newest_evictable: bool = True,
