@@ -104,8 +104,9 @@ def _alpha_beta_rows(gains: np.ndarray, best_gains: np.ndarray, valid: np.ndarra
     """Row-wise alpha, beta: ``(rows, picks)`` gains, best gains and validity, ``(rows,)`` delta."""
     k = valid.sum(axis=1)  # (rows,)
     safe_best = np.where(best_gains > 0, best_gains, 1.0)
-    per_pick = np.where(valid & (best_gains > 0),
-                        np.clip(1.0 - (gains + delta[:, None]) / safe_best, 0.0, 1.0), 0.0)  # fmt: skip
+    with np.errstate(over="ignore"):  # a tiny best gain: the ratio overflows to inf, clipped to 1
+        per_pick = np.where(valid & (best_gains > 0),
+                            np.clip(1.0 - (gains + delta[:, None]) / safe_best, 0.0, 1.0), 0.0)  # fmt: skip
     alpha = per_pick.sum(axis=1) / np.maximum(k, 1)
     shrink = np.where(valid, 1.0 - (1.0 - per_pick) / np.maximum(k, 1)[:, None], 1.0)
     # sum_t prod_{s > t} shrink_s, over valid picks: reverse cumulative products.
