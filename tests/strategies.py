@@ -275,3 +275,11 @@ def slow_drift_chains(draw, max_n: int = 7):
     held = algorithm2_trajectory(np.moveaxis(rows, 0, 1), k)
     arrays_ = chain_from_scores(rows, rows, held)
     return PaperChain(n=n, concave_name="identity", unit_labels=((0, 0),), arrays=arrays_)
+
+
+@st.composite
+def conditioned_functions(draw, max_size: int = 5):
+    """(f, Z): an attention set function (submodular or not) and a cache Z within its ground set."""
+    f = draw(attention_set_functions(max_size))
+    z = np.array(draw(st.lists(st.booleans(), min_size=f.size, max_size=f.size)), dtype=bool)
+    return f, z

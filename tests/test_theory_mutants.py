@@ -237,3 +237,52 @@ def test_alpha_min_is_the_smallest_admissible_alpha(chain):
         assert not chain.admits(alpha * 0.99, beta)[0]
     assert not chain.admits(1.0, beta)[0]  # alpha must be < 1
     assert bool(chain.hypotheses_hold()[0]) == (alpha < 1)
+
+
+# --------------------------------------------------------------------------- Def. D.4
+def _d4_by_definition(f, z: np.ndarray, ignore_z: bool = False) -> bool:
+    """True iff some Z <= X <= Y, x outside Y has f(X + x) - f(X) < f(Y + x) - f(Y)."""
+    from theory.exact import all_masks
+
+    masks = all_masks(f.size)
+    values = dict(zip(map(bytes, masks.astype(np.uint8)), f.evaluate(masks), strict=True))
+    value = lambda m: values[bytes(m.astype(np.uint8))]  # noqa: E731
+    above = [m for m in masks if ignore_z or not np.any(z & ~m)]
+    for x_set in above:
+        for y_set in above:
+            if np.any(x_set & ~y_set):
+                continue
+            for x in np.flatnonzero(~y_set):
+                grow_x, grow_y = x_set.copy(), y_set.copy()
+                grow_x[x] = grow_y[x] = True
+                if value(grow_x) - value(x_set) < value(grow_y) - value(y_set) - 1e-9:
+                    return True
+    return False
+
+
+def d4_property(reference: Callable):
+    from tests.strategies import conditioned_functions
+    from theory.d4 import find_d4_counterexample
+
+    @TEETH
+    @given(instance=conditioned_functions())
+    @example(
+        instance=(
+            fn.RenormalisedValue(np.ones(3), np.full(3, -3.0)),
+            np.array([True, False, False]),
+        )
+    )
+    def prop(instance):
+        f, z = instance
+        assert (find_d4_counterexample(f, z) is not None) == reference(f, z)
+
+    return prop
+
+
+def test_d4_checker_agrees_with_the_definition():
+    d4_property(_d4_by_definition)()
+
+
+def test_d4_without_z_is_a_different_condition():
+    """Teeth: the unconditioned definition (every pair of sets) disagrees with D.4 somewhere."""
+    _expect_falsified(d4_property(lambda f, z: _d4_by_definition(f, z, ignore_z=True)))
