@@ -1,6 +1,7 @@
 """``python -m theory.check TRACE``: the paper's Appendix D chain and our certificate, on a trace.
 
-Replays an online policy (default ``heavy``: H2O's greedy eviction by accumulated attention)
+Replays an online policy (default ``heavy``: H2O's greedy eviction by accumulated attention),
+runs it live in SmolLM2 on the trace's tokens (``--live``: the caches the model really had),
 or runs the paper's own Algorithm 2 (``--trajectory algorithm2``: exact scores, newest
 token evictable, as Def. D.12 allows), then reports two different things:
 
@@ -66,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--json", metavar="PATH", help="write the 'paper' and 'certificate' sections, per "
                         "layer and per step, as JSON ('-': stdout)")  # fmt: skip
+    parser.add_argument("--live", action="store_true",
+                        help="run --policy live in the bundled SmolLM2 on the trace's own tokens and use the "
+                        "caches the model really had (needs the model stack; minutes on a CPU)")  # fmt: skip
     parser.add_argument("--d4", type=int, metavar="M", default=0,
                         help="also check Def. D.4 (submodularity w.r.t. the cache Z) exhaustively on "
                         "the M most attended tokens of every 16th row of every unit (M <= 14; 0: off)")  # fmt: skip
@@ -189,6 +193,8 @@ def run(args: argparse.Namespace) -> int:
     trace = Trace.load(args.trace)
     if args.rows < 1:
         raise ValueError(f"--rows must be >= 1, got {args.rows}")
+    if args.live and args.trajectory != "engine":
+        raise ValueError("--live replaces the replayed trajectory; drop --trajectory algorithm2")
     if args.d4 and not 2 <= args.d4 <= 14:
         raise ValueError(f"--d4: ground must be in 2..14 (exhaustive over 2^M sets), got {args.d4}")
     config = replay_config_from_args(args)
@@ -207,6 +213,21 @@ def run(args: argparse.Namespace) -> int:
         report = trace_bound_report(trace, "algorithm2", args.budget, config=config,
                                     concave_name=args.concave, charge_eps0=args.charge_eps0,
                                     held=held)  # fmt: skip
+    elif args.live:
+        from theory.paper import live_trajectory
+
+        kept_at, labels, _ = live_trajectory(trace, args.policy, args.budget,
+                                             budget_of=args.budget_of, config=config)  # fmt: skip
+        layout = config.layout(trace)
+        pick = [labels.index(label) for label in layout.labels]
+        held = np.zeros((trace.n, layout.units, trace.n), dtype=bool)
+        for t in range(trace.n):
+            held[t, :, : t + 1] = kept_at(t)[pick]
+        report = trace_bound_report(trace, f"{args.policy} (live)", args.budget, config=config,
+                                    concave_name=args.concave, charge_eps0=args.charge_eps0,
+                                    held=held)  # fmt: skip
+        chain = paper_chain(trace, f"{args.policy} (live)", config=config, concave_name=args.concave,
+                            kept_at=kept_at, kept_labels=labels)  # fmt: skip
     else:
         report = trace_bound_report(trace, args.policy, args.budget, budget_of=args.budget_of,
                                     config=config, concave_name=args.concave,

@@ -341,6 +341,7 @@ def paper_chain(
     concave_name: str = "identity",
     result: ReplayResult | None = None,
     kept_at=None,
+    kept_labels: tuple[tuple[int, int], ...] | None = None,
 ) -> PaperChain:
     """Replay ``policy`` (or take ``result``) and compute the paper's chain on every unit.
 
@@ -348,11 +349,13 @@ def paper_chain(
     units - e.g. a live run's ``LiveResult.kept_at`` (h2osim.model.live) on the full-cache
     trace of the same text: then f is the trace's full attention along the cache the model
     really had, and f~ the trace's rows renormalised over it (``observation``), which
-    approximates what the live policy saw (the live rows themselves are not recorded)."""
+    approximates what the live policy saw (the live rows themselves are not recorded).
+    ``kept_labels``: the (layer, kv_head) of each row of ``kept_at(t)`` when they are not
+    ``config``'s units (a live run holds every layer; a trace stores some)."""
     name = policy if isinstance(policy, str) else policy.name
     if kept_at is not None:
         config = config or ReplayConfig()
-        k = max(int(kept_at(trace.n - 1).sum(axis=1).max()), 1)
+        k = max(int(np.asarray(kept_at(trace.n - 1)).sum(axis=1).max()), 1)
     else:
         policy = make_policy(policy) if isinstance(policy, str) else policy
         if result is None:
@@ -365,10 +368,19 @@ def paper_chain(
     layout = config.layout(trace)
     n, units = trace.n, layout.units
     weights = np.stack([layout.weights(u) for u in range(units)])  # (units, n, n)
+    pick = slice(None)
+    if kept_labels is not None:
+        where = {tuple(int(x) for x in label): i for i, label in enumerate(kept_labels)}
+        missing = [label for label in layout.labels if label not in where]
+        if missing:
+            raise ValueError(
+                f"the trajectory has no units {missing[:3]}; it covers {list(where)[:3]}..."
+            )
+        pick = np.array([where[label] for label in layout.labels])
 
     def step(t: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         row = weights[:, t, : t + 1]  # (units, t+1)
-        kept = kept_at(t)  # (units, t+1)
+        kept = kept_at(t)[pick]  # (units, t+1)
         if config.observation == "full":
             return row, row, kept
         kept_row = np.where(kept, row, 0.0)
@@ -439,3 +451,24 @@ def algorithm2_chain(trace: Trace, budget: float | int | str = 0.2, *,
     name = "algorithm2" if newest_evictable else "algorithm2-protected"
     return PaperChain(n=trace.n, concave_name=concave_name, unit_labels=layout.labels,
                       arrays=arrays, policy=name, budget=int(k))  # fmt: skip
+
+
+def live_trajectory(trace: Trace, policy: str, budget: float | int | str = 0.2, *,
+                    budget_of: str = "sequence", config: ReplayConfig | None = None):  # fmt: skip
+    """Run ``policy`` live in the bundled SmolLM2 on the trace's own tokens (teacher forcing,
+    :func:`h2osim.model.live.teacher_forced`) and return ``(kept_at, unit_labels, budget)``:
+    the caches the model really had, for :func:`paper_chain` (``kept_at``, ``kept_labels``).
+    Needs the model stack (``pip install .[model]``); minutes on a CPU."""
+    from h2osim.model import load_model, set_threads
+    from h2osim.model.live import LiveConfig, teacher_forced
+    from h2osim.schedule import kept_at as kept_from
+
+    config = config or ReplayConfig()
+    set_threads(1)
+    model, _, _ = load_model()
+    live_config = LiveConfig(aggregation=config.aggregation, prompt_mode=config.prompt_mode)
+    report = teacher_forced(model, trace.token_ids.tolist(), [policy], budget, budget_of=budget_of,
+                            prompt_length=trace.prompt_length, config=live_config)  # fmt: skip
+    result = report.results[0]
+    evicted = result.evicted_at
+    return (lambda t: kept_from(evicted, t)), tuple(result.unit_labels), int(result.budget)
