@@ -43,7 +43,8 @@ or the full row with ``observation="full"``), accumulated along the trajectory. 
   to (1 - 1/e) prod(1 - theta_s^+) opt_0 - sum eps0_s.
 - Thm D.32's hypotheses hold iff alpha_min = 10 n max(0, theta_max, gamma_lemma_max) < 1;
   then beta_min = 10 n eps0_max and the guarantee is (1 - 1/e)(1 - alpha_min) opt_t - beta_min
-  (the supremum over admissible alpha, beta), checked against f_t(C_t).
+  (the supremum over admissible alpha, beta), checked against f_t(C_t) (our reading of the
+  theorem's f(S~_i): the set held after step t, against opt_t of the same step).
 
 What is simplified: the trajectory is the engine's (the newest token is never evicted,
 unlike Def. D.12 / D.22), so D.30's construction hypothesis does not hold for it; the
