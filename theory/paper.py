@@ -343,6 +343,7 @@ def paper_chain(
     result: ReplayResult | None = None,
     kept_at=None,
     kept_labels: tuple[tuple[int, int], ...] | None = None,
+    weights: list[np.ndarray] | None = None,
 ) -> PaperChain:
     """Replay ``policy`` (or take ``result``) and compute the paper's chain on every unit.
 
@@ -352,7 +353,8 @@ def paper_chain(
     really had, and f~ the trace's rows renormalised over it (``observation``), which
     approximates what the live policy saw (the live rows themselves are not recorded).
     ``kept_labels``: the (layer, kv_head) of each row of ``kept_at(t)`` when they are not
-    ``config``'s units (a live run holds every layer; a trace stores some)."""
+    ``config``'s units (a live run holds every layer; a trace stores some).
+    ``weights``: the units' ``(n, n)`` metric weights if already computed (``layout.weights``)."""
     name = policy if isinstance(policy, str) else policy.name
     if kept_at is not None:
         config = config or ReplayConfig()
@@ -368,7 +370,8 @@ def paper_chain(
         config, kept_at, k, name = result.config, result.kept_at, result.budget, policy.name
     layout = config.layout(trace)
     n, units = trace.n, layout.units
-    weights = np.stack([layout.weights(u) for u in range(units)])  # (units, n, n)
+    if weights is None:  # units x (n, n), not stacked: one copy of 30 x n x n floats less
+        weights = [layout.weights(u) for u in range(units)]
     pick = slice(None)
     if kept_labels is not None:
         where = {tuple(int(x) for x in label): i for i, label in enumerate(kept_labels)}
@@ -380,7 +383,7 @@ def paper_chain(
         pick = np.array([where[label] for label in layout.labels])
 
     def step(t: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        row = weights[:, t, : t + 1]  # (units, t+1)
+        row = np.stack([w[t, : t + 1] for w in weights])  # (units, t+1)
         kept = kept_at(t)[pick]  # (units, t+1)
         if config.observation == "full":
             return row, row, kept

@@ -137,6 +137,7 @@ def trace_bound_report(
     charge_eps0: bool = False,
     progress: bool = False,
     held: np.ndarray | None = None,
+    weights: list[np.ndarray] | None = None,
 ) -> TraceBoundReport:
     """Replay ``policy`` (or take ``held``) and check our certificate at every step and unit.
 
@@ -145,6 +146,7 @@ def trace_bound_report(
     certificate already uses the true gains. Both bounds are valid.
     ``held``: ``(n, units, n)`` bool held sets to certify instead of replaying ``policy``
     (then ``policy`` is only a name and the observation is the full row).
+    ``weights``: the units' ``(n, n)`` metric weights if already computed (``layout.weights``).
     """
     if held is not None:
         name = policy if isinstance(policy, str) else policy.name
@@ -163,7 +165,8 @@ def trace_bound_report(
         config, name, kept_at, k = result.config, policy.name, result.kept_at, result.budget
     layout = config.layout(trace)
     n, units = trace.n, layout.units
-    weights = np.stack([layout.weights(u) for u in range(units)])  # (units, n, n)
+    if weights is None:  # units x (n, n), not stacked: one copy of 30 x n x n floats less
+        weights = [layout.weights(u) for u in range(units)]
     true_score = np.zeros((units, n))  # A_i
     seen_score = np.zeros((units, n))  # A~_i
     slope = concave_slope(concave_name)
@@ -176,7 +179,7 @@ def trace_bound_report(
 
         steps = tqdm(steps, desc="bound report", unit="step", leave=False, delay=1.0)
     for i in steps:
-        row = weights[:, i, : i + 1]  # (units, i+1)
+        row = np.stack([w[i, : i + 1] for w in weights])  # (units, i+1)
         kept = kept_at(i)  # (units, i+1)
         true_score[:, : i + 1] += row
         if config.observation == "full":

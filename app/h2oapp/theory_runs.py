@@ -114,9 +114,12 @@ def trace_bound(
     held = np.zeros((n, len(result.unit_labels), n), dtype=bool)
     for t in range(n):
         held[t, :, : t + 1] = result.kept_at(t)
-    report = trace_bound_report(trace, policy, budget, config=result.config,
-                                concave_name=concave_name, charge_eps0=charge_eps0, held=held)  # fmt: skip
-    chain = paper_chain(trace, policy, budget, concave_name=concave_name, result=result)
+    layout = result.config.layout(trace)
+    weights = [layout.weights(u) for u in range(layout.units)]  # shared by both analyses
+    report = trace_bound_report(trace, policy, budget, config=result.config, concave_name=concave_name,
+                                charge_eps0=charge_eps0, held=held, weights=weights)  # fmt: skip
+    chain = paper_chain(trace, policy, budget, concave_name=concave_name, result=result,
+                        weights=weights)  # fmt: skip
     ratio, bound = report.ratio, report.bound_ratio  # (n, units)
     beta_ratio = np.divide(
         report.beta, report.opt, out=np.zeros_like(report.beta), where=report.opt > 0
