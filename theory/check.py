@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("trace", help="trace file (.npz, format v1)")
     parser.add_argument("--policy", default="heavy", choices=policy_names(online=True), metavar="NAME",
                         help="online policy whose trajectory is checked (default heavy: greedy by "
-                        "accumulated attention, the paper's Algorithm 2)")  # fmt: skip
+                        "accumulated attention, Algorithm 2 with the newest token protected)")  # fmt: skip
     parser.add_argument("--trajectory", choices=("engine", "algorithm2"), default="engine",
                         help="engine: replay --policy (the newest token is never evicted); algorithm2: "
                         "the paper's Algorithm 2 on exact scores, newest token evictable (Def. D.12)")  # fmt: skip
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--concave", choices=CONCAVE, default="identity",
                         help="h in f(S) = h(sum of accumulated scores): identity, sqrt(z+1), log(z+1)")  # fmt: skip
     parser.add_argument("--charge-eps0", action="store_true",
-                        help="charge 2*eps0 of every gain to beta (the paper's split) instead of alpha")  # fmt: skip
+                        help="our certificate: charge 2*eps0 of every gain to beta instead of alpha (as the paper splits drift and score error)")  # fmt: skip
     parser.add_argument("--rows", type=int, default=16,
                         help="how many steps the per-step table shows (default 16, evenly spaced)")  # fmt: skip
     parser.add_argument("--plot", metavar="PNG", help="write the figure there (default: no figure)")
