@@ -283,3 +283,18 @@ def conditioned_functions(draw, max_size: int = 5):
     f = draw(attention_set_functions(max_size))
     z = np.array(draw(st.lists(st.booleans(), min_size=f.size, max_size=f.size)), dtype=bool)
     return f, z
+
+
+@st.composite
+def algorithm2_chains(draw):
+    """A PaperChain of the paper's Algorithm 2 (exact scores, newest evictable): attention rows
+    (hypotheses as D.30 uses D.28 seldom hold) or a slow drift (they often do)."""
+    from theory.paper import PaperChain, algorithm2_trajectory, chain_from_scores
+
+    if draw(st.booleans()):
+        return draw(slow_drift_chains())
+    weights, k = draw(eviction_runs())
+    rows = weights[:, None, :]
+    held = algorithm2_trajectory(weights[None], k)
+    return PaperChain(n=len(weights), concave_name="identity", unit_labels=((0, 0),),
+                      arrays=chain_from_scores(rows, rows, held))  # fmt: skip

@@ -8,6 +8,9 @@ Bounds (arXiv 2306.14048 numbering where they are the paper's):
 - our a-posteriori certificate: f(S) >= (1 - e^-(1 - alpha)) opt - beta;
 - Lemma D.30's bound on the paper's Algorithm 2 (exact scores, newest evictable), with the
   lemma's uniform theta, gamma (D.28 read as D.30 uses it), eps0;
+- Thm D.32's guarantee on the paper's Algorithm 2 where its hypotheses hold (mutant: D.28
+  read as stated, which admits every alpha on accumulated attention);
+- Def. D.4's checker against the definition (mutant: the unconditioned definition);
 - the minimality of the measured alpha (certificate) and of Thm D.32's alpha_min.
 
 Each property carries explicit ``@example`` instances (known hard cases) besides the
@@ -237,6 +240,29 @@ def test_alpha_min_is_the_smallest_admissible_alpha(chain):
         assert not chain.admits(alpha * 0.99, beta)[0]
     assert not chain.admits(1.0, beta)[0]  # alpha must be < 1
     assert bool(chain.hypotheses_hold()[0]) == (alpha < 1)
+
+
+# --------------------------------------------------------------------------- Thm D.32
+def d32_property(as_stated: bool):
+    """Where Thm D.32's hypotheses hold for the paper's Algorithm 2, its guarantee
+    (1 - 1/e)(1 - alpha_min) opt_i - beta_min holds. Mutant: D.28 read as stated."""
+    from tests.strategies import algorithm2_chains
+
+    @TEETH
+    @given(chain=algorithm2_chains())
+    @example(chain=_chain(TRAP_ROWS, 1))
+    def prop(chain):
+        assert len(chain.theorem_violations(as_stated=as_stated)) == 0
+
+    return prop
+
+
+def test_thm_d32_holds_where_its_hypotheses_do():
+    d32_property(as_stated=False)()
+
+
+def test_thm_d32_with_d28_as_stated_is_falsified():
+    _expect_falsified(d32_property(as_stated=True))
 
 
 # --------------------------------------------------------------------------- Def. D.4
