@@ -17,9 +17,17 @@ from pathlib import Path
 
 import numpy as np
 
-from h2osim.cli import parse_layers, run_model_cli
+from h2osim.cli import (
+    check_output_file,
+    check_outputs,
+    check_text_input,
+    check_text_length,
+    number,
+    parse_layers,
+    run_model_cli,
+)
 from h2osim.model.recorder import DEFAULT_MAX_TOKENS, DEFAULT_PREFILL_CHUNK
-from h2osim.trace import DEFAULT_LEVELS, ENCODINGS, Trace
+from h2osim.trace import DEFAULT_LEVELS, ENCODINGS, LoadLimits, Trace
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,18 +47,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="trace file to write (.npz; written atomically)")  # fmt: skip
     add_text_arguments(parser)
     group = parser.add_argument_group("decoding")
-    group.add_argument("--max-new-tokens", type=int, default=32, metavar="N",
+    group.add_argument("--max-new-tokens", type=number(int, 0, LoadLimits.max_tokens), default=32, metavar="N",
                        help="tokens to decode after the prompt (default 32; 0 = prompt only)")  # fmt: skip
-    group.add_argument("--seed", type=int,
+    group.add_argument("--seed", type=number(int, 0, 2**63 - 1),
                        help="sample with this seed instead of greedy decoding")  # fmt: skip
-    group.add_argument("--temperature", type=float, default=1.0,
+    group.add_argument("--temperature", type=number(float, 0, 1e6, low_open=True), default=1.0,
                        help="sampling temperature with --seed (default 1.0)")  # fmt: skip
     group.add_argument("--ignore-eos", action="store_true",
                        help="keep decoding after an end-of-sequence token")  # fmt: skip
-    group.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS, metavar="N",
+    group.add_argument("--max-tokens", type=number(int, 1, LoadLimits.max_tokens), default=DEFAULT_MAX_TOKENS, metavar="N",
                        help=f"refuse traces longer than N tokens, prompt + new (default "
                             f"{DEFAULT_MAX_TOKENS}; memory grows with N^2)")  # fmt: skip
-    group.add_argument("--prefill-chunk", type=int, default=DEFAULT_PREFILL_CHUNK, metavar="N",
+    group.add_argument("--prefill-chunk", type=number(int, 1), default=DEFAULT_PREFILL_CHUNK, metavar="N",
                        help=f"prefill the prompt N tokens at a time (default {DEFAULT_PREFILL_CHUNK})")  # fmt: skip
     group = parser.add_argument_group("what is stored")
     group.add_argument("--layers", default="all", metavar="SPEC",
@@ -60,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--encoding", choices=ENCODINGS, default="float16",
                        help="attention storage: float16 (default, rel. error <= 2^-11), float32 "
                             "(exact), quantized (abs. error <= 1/levels, exact row sums, smallest)")  # fmt: skip
-    group.add_argument("--levels", type=int, default=DEFAULT_LEVELS,
+    group.add_argument("--levels", type=number(int, 1, 65535), default=DEFAULT_LEVELS,
                        help=f"levels of the quantized encoding (default {DEFAULT_LEVELS})")  # fmt: skip
     group.add_argument("--values-dtype", choices=("float16", "float32"), default="float16",
                        help="value vector storage (default float16)")  # fmt: skip
@@ -71,21 +79,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check_output(path: str) -> Path:
-    target = Path(path)
-    if target.is_dir():
-        raise IsADirectoryError(f"--output {target} is a folder; give a file name like trace.npz")
-    folder = target.parent if str(target.parent) else Path(".")
-    if not folder.is_dir():
-        raise FileNotFoundError(f"--output folder {folder} does not exist; create it first")
-    return target
+def _check_output(path: str, text_file: str | None = None) -> Path:
+    """The output path, refused before the model loads if it cannot be written (see
+    :func:`h2osim.cli.check_output_file`: folder, device, read-only or missing folder)."""
+    check_outputs({"--output": path}, inputs=[text_file])
+    return check_output_file("--output", path)
 
 
 def run(args: argparse.Namespace, command: str = "") -> int:
     from h2osim.model import encode_text, load_model_from_args, text_source_from_args
     from h2osim.model.recorder import record, stop_tokens, to_trace
 
-    target = _check_output(args.output)  # cheap checks first: loading takes seconds
+    target = _check_output(args.output, args.text_file)  # cheap checks first: loading takes seconds
     layer_spec = parse_layers(args.layers)
     if args.max_new_tokens < 0:
         raise ValueError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
@@ -93,7 +98,9 @@ def run(args: argparse.Namespace, command: str = "") -> int:
         raise ValueError(f"--max-tokens must be >= 1, got {args.max_tokens}")
     if args.seed is None and args.temperature != 1.0:
         raise ValueError("--temperature needs --seed (decoding is greedy without it)")
+    check_text_input(args.text_file, args.max_tokens, args.truncate)  # before reading it
     text = text_source_from_args(args)
+    check_text_length(len(text.text), args.max_tokens, args.truncate)  # before tokenising
     progress = not args.no_progress
     model, tokenizer, info = load_model_from_args(args, progress=progress)
     layers = parse_layers(args.layers, info.num_layers) if layer_spec is not None else None

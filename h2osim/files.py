@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -53,6 +54,22 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO]
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+# C0/C1 controls (ESC starts terminal escape sequences), DEL, and the Unicode line
+# separators and bidirectional overrides that can disguise what a terminal shows.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """``text`` safe to print on a terminal: control characters shown as escapes.
+
+    Use it for anything read from a file (trace metadata, member names) before printing.
+    Example: ``printable("a\x1b[31mb\n")`` -> ``'a\\x1b[31mb\\n'``.
+    """
+    return _UNPRINTABLE.sub(
+        lambda match: match.group().encode("unicode_escape").decode("ascii"), text
+    )
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> None:

@@ -14,9 +14,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from h2osim.cli import (
+    MAX_COUNT,
     add_cache_arguments,
     add_policy_arguments,
+    check_counts,
+    check_outputs,
+    check_text_input,
+    check_text_length,
     format_table,
+    number,
     policy_parameters,
     requested_policies,
     run_model_cli,
@@ -60,14 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="generate N tokens greedily after the text instead of teacher forcing")  # fmt: skip
     parser.add_argument("--ignore-eos", action="store_true",
                         help="--generate: show continuations past an end-of-sequence token")  # fmt: skip
-    parser.add_argument("--prompt-length", type=int, default=0, metavar="P",
+    parser.add_argument("--prompt-length", type=number(int, 0, MAX_COUNT), default=0, metavar="P",
                         help="teacher forcing: treat the first P tokens as the prompt (for "
                              "--prompt-mode full and --budget-of prompt; default 0)")  # fmt: skip
-    parser.add_argument("--prefill-chunk", type=int, default=DEFAULT_PREFILL_CHUNK, metavar="N",
+    parser.add_argument("--prefill-chunk", type=number(int, 1), default=DEFAULT_PREFILL_CHUNK, metavar="N",
                         help=f"rows per forward pass before eviction starts (default {DEFAULT_PREFILL_CHUNK})")  # fmt: skip
-    parser.add_argument("--batch", type=int, default=0, metavar="N",
+    parser.add_argument("--batch", type=number(int, 0, MAX_COUNT), default=0, metavar="N",
                         help="most policies per forward pass (default 0: all that share a budget)")  # fmt: skip
-    parser.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS, metavar="N",
+    parser.add_argument("--max-tokens", type=number(int, 2, 65_536), default=DEFAULT_MAX_TOKENS, metavar="N",
                         help=f"refuse sequences longer than N tokens (default {DEFAULT_MAX_TOKENS})")  # fmt: skip
     parser.add_argument(
         "--json", metavar="PATH", help="write results as JSON to PATH ('-' for stdout)"
@@ -112,6 +118,7 @@ def run(args: argparse.Namespace, command: str = "") -> int:
     from h2osim.model.recorder import stop_tokens
 
     # cheap checks first: loading the model takes seconds
+    check_outputs({"--json": args.json}, inputs=[args.text_file], stdout_ok={"--json"})
     config = LiveConfig(aggregation=args.aggregation, prompt_mode=args.prompt_mode,
                         prefill_chunk=args.prefill_chunk, batch=args.batch)  # fmt: skip
     policies = selected_policies(args.policy, policy_parameters(args))
@@ -126,7 +133,9 @@ def run(args: argparse.Namespace, command: str = "") -> int:
         )
     if args.generate is None:
         check_prompt_needed(args.prompt_length, args.budget_of, config, policies)
+    check_text_input(args.text_file, args.max_tokens, args.truncate)  # before reading it
     text = text_source_from_args(args)
+    check_text_length(len(text.text), args.max_tokens, args.truncate)  # before tokenising
     resolve_device(args.device)
     progress = not args.no_progress
     model, tokenizer, info = load_model_from_args(args, progress=progress)
@@ -137,6 +146,7 @@ def run(args: argparse.Namespace, command: str = "") -> int:
     if total > args.max_tokens:
         raise ValueError(f"the sequence is {total} tokens, over --max-tokens {args.max_tokens}; "
                          "keep the first N tokens with --truncate N or raise --max-tokens")  # fmt: skip
+    check_counts(policy_parameters(args), total)
     if progress:
         print(f"{info.describe()}; {len(ids)} text tokens", file=sys.stderr)
     if args.generate is None:

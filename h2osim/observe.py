@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from h2osim.cli import parse_layers, run_cli
+from h2osim.cli import check_output_folder, check_outputs, parse_layers, run_cli
 from h2osim.files import write_json
 from h2osim.studies.observe import format_table, legend, observe, save_figures
 from h2osim.trace import Trace
@@ -39,8 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_outputs({"--json": args.json}, inputs=[args.trace], stdout_ok={"--json"})
+    folder = Path(args.out_dir or f"observe-{Path(args.trace).stem}")
+    if not args.no_plots:
+        check_output_folder("--out-dir", str(folder))
     trace = Trace.load(args.trace)
-    layers = parse_layers(args.layers)
+    layers = parse_layers(args.layers, stored=trace.layers)
     observations = observe(trace, layers, progress=not args.no_progress)
     print(trace.describe())
     print(format_table(observations))
@@ -48,7 +52,6 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         write_json(args.json, observations.record())
     if not args.no_plots:
-        folder = Path(args.out_dir or f"observe-{Path(args.trace).stem}")
         written = save_figures(observations, folder, title=Path(args.trace).stem)
         print(f"wrote {len(written)} PNGs to {folder}/: " + ", ".join(p.name for p in written))
     return 0

@@ -19,8 +19,12 @@ from typing import Any
 import numpy as np
 
 from h2osim.cli import (
+    ArgumentValueError,
     add_policy_arguments,
     add_replay_arguments,
+    budget_value,
+    check_counts,
+    check_outputs,
     format_table,
     policy_parameters,
     replay_config_from_args,
@@ -28,23 +32,61 @@ from h2osim.cli import (
     run_cli,
 )
 from h2osim.engine import add_gap_to_opt, replay, resolve_budget, sweep
-from h2osim.files import write_json, write_output
+from h2osim.files import printable, write_json, write_output
 from h2osim.policies import make_policy, policy_names
 from h2osim.trace import Trace
 
+MAX_SWEEP_BUDGETS = 200  # budgets one --sweep may ask for (each is a replay of every policy)
+
 
 def parse_sweep(text: str) -> list[float]:
-    """``"start:stop:step"`` (inclusive) or a comma list. Example: "0.1:0.3:0.1" -> [0.1, 0.2, 0.3]."""
+    """``"start:stop:step"`` (inclusive) or a comma list. Example: "0.1:0.3:0.1" -> [0.1, 0.2, 0.3].
+
+    Every budget is checked like ``--budget`` (finite, a fraction in (0, 1] or a whole
+    count) and at most :data:`MAX_SWEEP_BUDGETS` are allowed, counted before any list is
+    built: "0.1:0.5:1e-12" and "0:inf:0.1" are refused, not expanded.
+    """
+    if len(text) > 10_000:
+        raise ValueError(
+            f"--sweep is {len(text)} characters long; give at most {MAX_SWEEP_BUDGETS} budgets"
+        )
     if ":" in text:
         parts = text.split(":")
         if len(parts) != 3:
-            raise ValueError(f"--sweep takes start:stop:step, got {text!r}")
-        start, stop, step = (float(part) for part in parts)
-        if step <= 0 or stop < start:
-            raise ValueError(f"--sweep needs step > 0 and stop >= start, got {text!r}")
-        count = int(np.floor((stop - start) / step + 1e-9)) + 1
-        return [round(start + i * step, 10) for i in range(count)]
-    return [float(part) for part in text.split(",") if part.strip()]
+            raise ValueError(f"--sweep takes start:stop:step, got {printable(text[:80])!r}")
+        try:
+            start, stop, step = (float(part) for part in parts)
+        except ValueError:
+            raise ValueError(
+                f"--sweep takes numbers start:stop:step, got {printable(text[:80])!r}"
+            ) from None
+        if not all(np.isfinite([start, stop, step])) or step <= 0 or stop < start:
+            raise ValueError(
+                f"--sweep needs finite numbers, step > 0 and stop >= start, got {printable(text[:80])!r}"
+            )
+        points = (stop - start) / step + 1e-9
+        if not points < MAX_SWEEP_BUDGETS:
+            raise ValueError(f"--sweep {printable(text[:80])} asks for {points + 1:.3g} budgets; "
+                             f"at most {MAX_SWEEP_BUDGETS} (use a larger step)")  # fmt: skip
+        budgets = [round(start + i * step, 10) for i in range(int(np.floor(points)) + 1)]
+    else:
+        parts = [part.strip() for part in text.split(",") if part.strip()]
+        if not parts:
+            raise ValueError(f"--sweep needs at least one budget, got {printable(text[:80])!r}")
+        if len(parts) > MAX_SWEEP_BUDGETS:
+            raise ValueError(f"--sweep lists {len(parts)} budgets; at most {MAX_SWEEP_BUDGETS}")
+        budgets = []
+        for part in parts:
+            try:
+                budgets.append(float(part))
+            except ValueError:
+                raise ValueError(f"--sweep: {printable(part[:40])!r} is not a number") from None
+    for budget in budgets:
+        try:
+            budget_value(str(budget))
+        except ArgumentValueError as exc:
+            raise ValueError(f"--sweep: {exc}") from None
+    return budgets
 
 
 # --------------------------------------------------------------------------- CLI
@@ -105,15 +147,18 @@ def _csv_text(records: list[dict[str, Any]]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    trace = Trace.load(args.trace)
-    config = replay_config_from_args(args, output_error=not args.no_output_error)
+    check_outputs({"--json": args.json, "--csv": args.csv, "--plot": args.plot},
+                  inputs=[args.trace], stdout_ok={"--json", "--csv"})  # fmt: skip
+    budgets = parse_sweep(args.sweep) if args.sweep is not None else None
     names = requested_policies(args.policy, policy_names())
+    trace = Trace.load(args.trace)
+    check_counts(policy_parameters(args), trace.n)
+    config = replay_config_from_args(args, trace, output_error=not args.no_output_error)
     policies = [make_policy(name, **policy_parameters(args)) for name in names]
     progress = not args.no_progress
     print(f"trace {args.trace}: {trace.describe()}")
     bound_records: list[dict[str, Any]] = []  # the topk bound (with opt): not a policy
-    if args.sweep:
-        budgets = parse_sweep(args.sweep)
+    if budgets is not None:
         for budget in budgets:
             resolve_budget(budget, trace.n, trace.prompt_length, args.budget_of)
         records = sweep(

@@ -6,8 +6,18 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from h2osim.cli import check_outputs, number
 from h2osim.synthetic import synthetic_trace
-from h2osim.trace import ENCODINGS
+from h2osim.trace import ENCODINGS, LoadLimits
+
+MAX_SYNTH_BYTES = 4 * 2**30  # working memory synth may need (about 12 L H n^2 / 2 + 48 n^2 bytes)
+
+
+def _working_bytes(n: int, layers: int, heads: int) -> int:
+    """Estimated peak memory of :func:`synthetic_trace`: the float32 attention held about
+    three times (generated, re-encoded, the trace's copy) plus ~48 bytes per (t, j) pair of
+    one head's dense temporaries. Example: n=256, 4 layers, 9 heads -> ~17 MB."""
+    return 3 * 4 * layers * heads * n * (n + 1) // 2 + 48 * n * n
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,21 +28,50 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-o", "--output", required=True, help="output .npz path (written atomically)"
     )
-    parser.add_argument("--n", type=int, default=256, help="tokens (default 256)")
-    parser.add_argument("--layers", type=int, default=4, help="layers (default 4)")
-    parser.add_argument("--heads", type=int, default=9, help="query heads per layer (default 9)")
     parser.add_argument(
-        "--kv-heads", type=int, default=3, help="KV heads per layer (default 3, GQA 3:1)"
-    )
-    parser.add_argument("--head-dim", type=int, default=16, help="value vector size (default 16)")
-    parser.add_argument("--prompt-length", type=int, help="prompt rows (default 3n/4)")
-    parser.add_argument(
-        "--heavy-share", type=float, default=0.08, help="share of tokens with power-law salience"
+        "--n", type=number(int, 1, LoadLimits.max_tokens), default=256, help="tokens (default 256)"
     )
     parser.add_argument(
-        "--pareto-shape", type=float, default=1.2, help="Pareto tail index (smaller = heavier)"
+        "--layers", type=number(int, 1, LoadLimits.max_layers), default=4, help="layers (default 4)"
     )
-    parser.add_argument("--noise", type=float, default=0.6, help="logit noise standard deviation")
+    parser.add_argument(
+        "--heads",
+        type=number(int, 1, LoadLimits.max_heads),
+        default=9,
+        help="query heads per layer (default 9)",
+    )
+    parser.add_argument(
+        "--kv-heads",
+        type=number(int, 1, LoadLimits.max_heads),
+        default=3,
+        help="KV heads per layer (default 3, GQA 3:1)",
+    )
+    parser.add_argument(
+        "--head-dim",
+        type=number(int, 1, LoadLimits.max_head_dim),
+        default=16,
+        help="value vector size (default 16)",
+    )
+    parser.add_argument(
+        "--prompt-length",
+        type=number(int, 1, LoadLimits.max_tokens),
+        help="prompt rows (default 3n/4)",
+    )
+    parser.add_argument(
+        "--heavy-share",
+        type=number(float, 0, 1),
+        default=0.08,
+        help="share of tokens with power-law salience",
+    )
+    parser.add_argument(
+        "--pareto-shape",
+        type=number(float, 0, 1e6, low_open=True),
+        default=1.2,
+        help="Pareto tail index (smaller = heavier)",
+    )
+    parser.add_argument(
+        "--noise", type=number(float, 0, 1e6), default=0.6, help="logit noise standard deviation"
+    )
     parser.add_argument("--no-values", action="store_true", help="do not store value vectors")
     parser.add_argument(
         "--encoding",
@@ -43,11 +82,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--uncompressed", action="store_true", help="store members raw (memory-mapped on load)"
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument(
+        "--seed", type=number(int, 0, 2**63 - 1), default=0, help="random seed (default 0)"
+    )
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
+    check_outputs({"--output": args.output})
+    needed = _working_bytes(args.n, args.layers, args.heads)
+    if needed > MAX_SYNTH_BYTES:
+        raise ValueError(f"--n {args.n} with {args.layers} layers x {args.heads} heads needs about "
+                         f"{needed / 2**30:.1f} GiB while generating (limit {MAX_SYNTH_BYTES / 2**30:.0f} GiB); "
+                         "use a smaller --n, --layers or --heads")  # fmt: skip
     trace = synthetic_trace(
         args.n, layers=args.layers, heads=args.heads, kv_heads=args.kv_heads, head_dim=args.head_dim,
         prompt_length=args.prompt_length, heavy_share=args.heavy_share, pareto_shape=args.pareto_shape,

@@ -34,9 +34,13 @@ Every problem is reported as :class:`TraceError` naming the key and what is wron
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import math
 import os
+import re
+import stat
 import struct
 import zipfile
 import zlib
@@ -49,7 +53,7 @@ from typing import Any
 import numpy as np
 
 from h2osim.errors import TraceError
-from h2osim.files import atomic_write
+from h2osim.files import atomic_write, printable
 
 FORMAT_VERSION = 1
 ENCODINGS = ("float32", "float16", "quantized")
@@ -67,7 +71,8 @@ _REQUIRED_KEYS = ("format_version", "layers", "head_map", "prompt_length", "toke
 
 # What reading a damaged zip/npy can raise; all become TraceError.
 _READ_ERRORS = (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, SyntaxError,
-                struct.error, OverflowError, NotImplementedError, RuntimeError)  # fmt: skip
+                struct.error, OverflowError, NotImplementedError, RuntimeError, LookupError,
+                TypeError, UnicodeError)  # fmt: skip
 
 
 def aggregate_heads(scores: np.ndarray, aggregation: str, axis: int) -> np.ndarray:
@@ -129,7 +134,7 @@ def quantize_rows(packed: np.ndarray, n: int, levels: int = DEFAULT_LEVELS) -> n
     """Encode packed probability rows as uint16 differences of rounded cumulative sums.
 
     Each decoded probability (``code / levels``) is within 1/levels of the input and each
-    row sums to ``round(levels * row_sum)``. Example, levels=10: row [0.14, 0.14, 0.72]
+    row sums to exactly ``levels`` (a row whose sum is off 1 is closed on its last key). Example, levels=10: row [0.14, 0.14, 0.72]
     -> cumsum [0.14, 0.28, 1.0] -> rounded [1, 3, 10] -> codes [1, 2, 7].
     """
     if not 1 <= levels <= np.iinfo(np.uint16).max:
@@ -140,6 +145,11 @@ def quantize_rows(packed: np.ndarray, n: int, levels: int = DEFAULT_LEVELS) -> n
     before_row = np.concatenate([np.zeros(values.shape[:-1] + (1,)), running], axis=-1)
     offsets = np.repeat(before_row[..., starts], np.arange(1, n + 1), axis=-1)
     rounded = np.rint((running - offsets) * levels).astype(np.int64)  # per-row cumsum
+    # Close every row at exactly `levels` (the format promises exact row sums): a row whose
+    # sum is off 1 (fp16 rounding) changes only its last code(s).
+    ends = starts + np.arange(1, n + 1) - 1
+    rounded = np.minimum(rounded, levels)
+    rounded[..., ends] = levels
     codes = np.diff(rounded, axis=-1, prepend=0)
     codes[..., starts] = rounded[..., starts]  # each row restarts its cumulative sum
     return codes.astype(np.uint16)
@@ -154,86 +164,283 @@ class _Member:
     dtype: np.dtype
     fortran: bool
     data_offset: int | None  # absolute file offset of the array data, if stored raw
+    info: zipfile.ZipInfo | None = None  # its zip entry (None for in-memory arrays)
+    header_bytes: int = 0  # length of its .npy header
 
 
-def _read_npy_header(handle) -> tuple[tuple[int, ...], bool, np.dtype]:
-    version = np.lib.format.read_magic(handle)
-    if version == (1, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle)
-    elif version == (2, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle)
-    else:
+@dataclass(frozen=True)
+class LoadLimits:
+    """What a trace file may declare before the loader reads or allocates anything.
+
+    The budget of a trace is derived from its own small members: once ``token_ids``,
+    ``layers`` and ``head_map`` are read (each capped here), every attention and value
+    member's declared shape must be exactly the one n, L and H imply, and the sum of all
+    declared sizes must stay within ``max_bytes``. Each member is checked from its header
+    before its data is inflated or mapped, and inflation stops at the declared size.
+    The defaults fit every trace a 64 GB machine can replay; the app passes stricter ones
+    (:data:`APP_LIMITS`). Example: ``Trace.load(path, limits=LoadLimits(max_tokens=4096))``.
+    """
+
+    max_tokens: int = 65_536  # n
+    max_layers: int = 4_096  # stored layers
+    max_heads: int = 4_096  # query heads
+    max_head_dim: int = 16_384  # d of stored values
+    max_bytes: int | None = None  # all members as declared (inflated); None: memory_ceiling()
+    max_members: int = 2 * 4_096 + 16
+    max_header_bytes: int = 10_000  # one .npy header (numpy's own default limit)
+    max_metadata_chars: int = 1_000_000
+    max_token_chars: int = 256  # longest text piece of one token
+    max_json_depth: int = 64
+
+    @property
+    def byte_limit(self) -> int:
+        """``max_bytes``, or when unset :func:`memory_ceiling`."""
+        return memory_ceiling() if self.max_bytes is None else self.max_bytes
+
+
+def memory_ceiling() -> int:
+    """The default byte budget of a trace: 32 GiB, at most half the machine's RAM and half
+    of the process's address-space limit (``ulimit -v``), whichever is smallest."""
+    ceilings = [32 * 2**30]
+    with contextlib.suppress(ValueError, OSError, AttributeError):
+        ceilings.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2)
+    with contextlib.suppress(ImportError, ValueError, OSError):
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if soft != resource.RLIM_INFINITY:
+            ceilings.append(soft // 2)
+    return min(ceilings)
+
+
+APP_LIMITS = LoadLimits(max_tokens=8_192, max_layers=256, max_heads=256, max_head_dim=1_024,
+                        max_bytes=2**30, max_metadata_chars=200_000)  # fmt: skip
+
+_CHUNK = 16 * 2**20  # inflate / checksum members this many bytes at a time
+_NPY_MAGIC = b"\x93NUMPY"
+_DAMAGED = (
+    "the file is damaged or not an h2osim trace; re-create it (python -m h2osim.dump / synth)"
+)
+_VALUE = r"""('[^'\\]{0,32}'|True|False|\(\s*\)|\(\s*\d{1,19}\s*,\s*(?:\d{1,19}\s*,\s*)*(?:\d{1,19}\s*)?\))"""
+_ENTRY = r"'(descr|fortran_order|shape)'\s*:\s*" + _VALUE
+_NPY_HEADER = re.compile(r"\{\s*" + r"\s*,\s*".join([_ENTRY] * 3) + r"\s*,?\s*\}\s*")
+_DESCR = re.compile(r"[<>|=]?[biufU]\d{1,7}")
+
+
+def _parse_npy_header(text: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """Parse the dict of a ``.npy`` header strictly (no ``eval``, no tokenizer).
+
+    Only ``{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), }`` in any key order
+    is accepted, with a simple numeric or unicode dtype. Example: the header numpy writes
+    for ``np.zeros((2, 3), np.float16)`` -> ((2, 3), False, dtype('float16')).
+    """
+    match = _NPY_HEADER.fullmatch(text)
+    if match is None:
+        raise ValueError("the .npy header is not a plain {'descr', 'fortran_order', 'shape'} dict")
+    entries = dict(zip(match.groups()[0::2], match.groups()[1::2], strict=True))
+    if sorted(entries) != ["descr", "fortran_order", "shape"]:
+        raise ValueError(f"the .npy header has keys {sorted(entries)}")
+    descr, fortran, shape_text = entries["descr"], entries["fortran_order"], entries["shape"]
+    if not (descr.startswith("'") and _DESCR.fullmatch(descr[1:-1])):
+        raise ValueError(f"the .npy dtype {descr} is not a plain number or unicode type")
+    if fortran not in ("True", "False"):
+        raise ValueError(f"fortran_order must be True or False, got {fortran}")
+    if not shape_text.startswith("("):
+        raise ValueError(f"the .npy shape must be a tuple, got {shape_text}")
+    shape = tuple(int(part) for part in shape_text.strip("()").split(",") if part.strip())
+    dtype = np.dtype(descr[1:-1])
+    if dtype.itemsize == 0:
+        raise ValueError(f"the .npy dtype {descr} has size 0")
+    return shape, fortran == "True", dtype
+
+
+def _read_npy_header(
+    handle, max_bytes: int = 10_000
+) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """(shape, fortran, dtype, header length in bytes) of the ``.npy`` stream at ``handle``.
+
+    Reads at most ``max_bytes`` of header: a header claiming more is refused unread.
+    """
+    magic = handle.read(8)
+    if len(magic) < 8 or magic[:6] != _NPY_MAGIC:
+        raise ValueError("not a .npy array (bad magic bytes)")
+    version = (magic[6], magic[7])
+    if version not in ((1, 0), (2, 0), (3, 0)):
         raise ValueError(f"unsupported .npy version {version}")
-    return shape, fortran, dtype
+    width = 2 if version == (1, 0) else 4
+    raw_length = handle.read(width)
+    if len(raw_length) < width:
+        raise ValueError("the .npy header is truncated")
+    length = int.from_bytes(raw_length, "little")
+    if length > max_bytes:
+        raise ValueError(f"the .npy header claims {length} bytes, over the limit of {max_bytes}")
+    raw = handle.read(length)
+    if len(raw) < length:
+        raise ValueError("the .npy header is truncated")
+    text = raw.decode("utf-8" if version == (3, 0) else "latin1")
+    shape, fortran, dtype = _parse_npy_header(text)
+    return shape, fortran, dtype, 8 + width + length
+
+
+def _check_path(path: Path) -> int:
+    """Size of the regular file at ``path``; folders, FIFOs, devices, bad names -> TraceError."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no trace file at {path}") from None
+    except (OSError, ValueError) as exc:  # name too long, not a folder, NUL byte, ...
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise TraceError(
+            f"{path}: cannot open this path ({reason}); give the path of a trace .npz"
+        ) from None
+    if stat.S_ISDIR(info.st_mode):
+        raise TraceError(f"{path}: is a folder, not a trace file; give the path of a .npz file")
+    if not stat.S_ISREG(info.st_mode):
+        raise TraceError(
+            f"{path}: is not a regular file (a FIFO, socket or device); give the path of a .npz file"
+        )
+    return info.st_size
+
+
+def _member_error(key: str, problem: str) -> TraceError:
+    return TraceError(f"{key}: {problem}; {_DAMAGED}")
 
 
 class _NpzReader:
-    """Reads an ``.npz`` member by member: headers without data, memmaps where stored."""
+    """Reads an ``.npz`` member by member: headers without data, memmaps where stored.
 
-    def __init__(self, path: Path):
+    Every member's header is parsed strictly and its declared size checked against the
+    zip directory and ``limits`` before any of its data is read; compressed data is
+    inflated in ``_CHUNK`` pieces up to the declared size, stored data is CRC-checked
+    before it is memory-mapped.
+    """
+
+    def __init__(self, path: Path, limits: LoadLimits | None = None):
         self.path = path
+        self.limits = limits or LoadLimits()
+        self._byte_limit = self.limits.byte_limit
+        self.size = _check_path(path)
+        if self.size > self._byte_limit + 2**20:
+            raise TraceError(f"{path}: the file is {self.size / 2**30:.1f} GiB, over the loader's "
+                             f"limit of {self._byte_limit / 2**30:.1f} GiB (LoadLimits.max_bytes; set by the memory available)")  # fmt: skip
         try:
             self._zip = zipfile.ZipFile(path)
-        except FileNotFoundError:
-            raise
         except _READ_ERRORS as exc:
             raise TraceError(
                 f"{path}: not a readable .npz file ({exc}); truncated or not a trace"
             ) from exc
+        try:
+            self._read_directory()
+        except BaseException:
+            self._zip.close()
+            raise
+
+    def _read_directory(self) -> None:
+        infos = self._zip.infolist()
+        if len(infos) > self.limits.max_members:
+            raise TraceError(f"{self.path}: {len(infos)} members, over the limit of "
+                             f"{self.limits.max_members}; {_DAMAGED}")  # fmt: skip
         self.members: dict[str, _Member] = {}
-        for info in self._zip.infolist():
+        for info in infos:
+            name = printable(info.filename[:200])
             if not info.filename.endswith(".npy"):
-                raise TraceError(f"{path}: member {info.filename!r} is not a .npy array")
+                raise TraceError(f"{self.path}: member {name!r} is not a .npy array; {_DAMAGED}")
             key = info.filename[: -len(".npy")]
+            if key in self.members:
+                raise _member_error(name[:-4], "appears twice in the zip")
+            if info.flag_bits & 0x1:
+                raise _member_error(name[:-4], "is encrypted")
+            if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                raise _member_error(name[:-4], f"uses zip compression method {info.compress_type}, "
+                                    "not stored or deflate")  # fmt: skip
+            if info.header_offset + info.compress_size > self.size:
+                raise _member_error(name[:-4], "runs past the end of the file (truncated)")
             try:
                 with self._zip.open(info) as handle:
-                    shape, fortran, dtype = _read_npy_header(handle)
-                    header_bytes = handle.tell()
+                    shape, fortran, dtype, header_bytes = _read_npy_header(
+                        handle, self.limits.max_header_bytes
+                    )
             except _READ_ERRORS as exc:
-                raise TraceError(f"{key}: unreadable array header ({exc})") from exc
-            if dtype.hasobject:
-                raise TraceError(
-                    f"{key}: holds Python objects (dtype {dtype}); traces never contain pickles"
-                )
-            declared = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+                raise _member_error(name[:-4], f"unreadable array header ({exc})") from exc
+            count = math.prod(shape)
+            declared = count * dtype.itemsize
+            if declared > self._byte_limit:
+                raise TraceError(f"{name[:-4]}: header declares shape {shape} {dtype} "
+                                 f"({declared / 2**30:.3g} GiB), over the loader's limit of "
+                                 f"{self._byte_limit / 2**30:.3g} GiB (LoadLimits.max_bytes; set by the memory available)")  # fmt: skip
             if info.file_size != header_bytes + declared:
                 raise TraceError(
-                    f"{key}: header declares shape {tuple(shape)} {dtype} ({declared} bytes) "
-                    f"but the member holds {info.file_size - header_bytes} bytes"
+                    f"{name[:-4]}: header declares shape {shape} {dtype} ({declared} bytes) "
+                    f"but the member holds {info.file_size - header_bytes} bytes; {_DAMAGED}"
                 )
-            offset = self._raw_offset(info) if info.compress_type == zipfile.ZIP_STORED else None
-            self.members[key] = _Member(key, tuple(shape), dtype, fortran, offset)
+            offset = None
+            if info.compress_type == zipfile.ZIP_STORED:
+                if info.compress_size != info.file_size:
+                    raise _member_error(name[:-4], "stored member with two different sizes")
+                offset = self._raw_offset(info, header_bytes)
+            self.members[key] = _Member(key, shape, dtype, fortran, offset, info, header_bytes)
 
-    def _raw_offset(self, info: zipfile.ZipInfo) -> int | None:
+    def _raw_offset(self, info: zipfile.ZipInfo, header_bytes: int) -> int:
         """File offset of a stored member's array data (after zip and npy headers)."""
         with open(self.path, "rb") as raw:
             raw.seek(info.header_offset)
             local = raw.read(30)
             if len(local) < 30 or local[:4] != b"PK\x03\x04":
-                return None
+                raise _member_error(info.filename[:-4], "bad local zip header")
             name_len, extra_len = struct.unpack("<HH", local[26:30])
-            member_start = info.header_offset + 30 + name_len + extra_len
-            raw.seek(member_start)
-            try:
-                _read_npy_header(raw)
-            except _READ_ERRORS:
-                return None
-            return raw.tell()
+            start = info.header_offset + 30 + name_len + extra_len
+        if start + info.file_size > self.size:
+            raise _member_error(
+                info.filename[:-4], "array data runs past the end of the file (truncated)"
+            )
+        return start + header_bytes
+
+    def _check_crc(self, member: _Member) -> None:
+        """The zip CRC-32 of a stored member, computed in chunks (memmaps skip zipfile's check)."""
+        crc, left = 0, member.info.file_size
+        with open(self.path, "rb") as raw:
+            raw.seek(member.data_offset - member.header_bytes)
+            while left > 0:
+                chunk = raw.read(min(_CHUNK, left))
+                if not chunk:
+                    raise _member_error(
+                        member.name, "file is truncated (array data runs past the end)"
+                    )
+                crc = zlib.crc32(chunk, crc)
+                left -= len(chunk)
+        if crc != member.info.CRC:
+            raise _member_error(member.name, f"CRC-32 mismatch (stored {member.info.CRC:08x}, "
+                                f"data {crc:08x}): the bytes changed after writing")  # fmt: skip
 
     def array(self, key: str) -> np.ndarray:
         member = self.members[key]
-        expected = int(np.prod(member.shape, dtype=np.int64)) * member.dtype.itemsize
-        if member.data_offset is not None and expected > 0:
-            if member.data_offset + expected > os.path.getsize(self.path):
-                raise TraceError(f"{key}: file is truncated (array data runs past the end)")
-            order = "F" if member.fortran else "C"
+        nbytes = math.prod(member.shape) * member.dtype.itemsize
+        order = "F" if member.fortran else "C"
+        if member.data_offset is not None:
+            self._check_crc(member)
+            if nbytes == 0:
+                return np.zeros(member.shape, dtype=member.dtype)
             return np.memmap(self.path, dtype=member.dtype, mode="r", offset=member.data_offset,
                              shape=member.shape, order=order)  # fmt: skip
+        buffer = bytearray(nbytes)
+        view = memoryview(buffer)
         try:
-            with self._zip.open(key + ".npy") as handle:
-                return np.lib.format.read_array(handle, allow_pickle=False)
+            with self._zip.open(member.info) as handle:
+                handle.read(member.header_bytes)
+                filled = 0
+                while filled < nbytes:
+                    chunk = handle.read(min(_CHUNK, nbytes - filled))
+                    if not chunk:
+                        raise _member_error(key, "array data ends early (truncated)")
+                    view[filled : filled + len(chunk)] = chunk
+                    filled += len(chunk)
+                if handle.read(1):
+                    raise _member_error(key, "holds more data than its header declares")
+        except TraceError:
+            raise
         except _READ_ERRORS as exc:
-            raise TraceError(f"{key}: unreadable array data ({exc})") from exc
+            raise _member_error(key, f"unreadable array data ({exc})") from exc
+        return np.frombuffer(buffer, dtype=member.dtype).reshape(member.shape, order=order)
 
     def close(self) -> None:
         self._zip.close()
@@ -257,6 +464,78 @@ def _as_str(value: np.ndarray, key: str) -> str:
     return str(array)
 
 
+_HEADER_BYTES = {  # most bytes a small member may declare, from the limits
+    "format_version": lambda limits: 64, "prompt_length": lambda limits: 64,
+    "attention_levels": lambda limits: 64, "attention_encoding": lambda limits: 256,
+    "metadata": lambda limits: 4 * limits.max_metadata_chars,
+    "layers": lambda limits: 8 * limits.max_layers, "head_map": lambda limits: 8 * limits.max_heads,
+    "token_ids": lambda limits: 8 * limits.max_tokens,
+    "tokens": lambda limits: 4 * limits.max_token_chars * limits.max_tokens,
+}  # fmt: skip
+
+
+def _check_header_member(member: _Member, limits: LoadLimits) -> None:
+    """Refuse a small member (scalars, layers, head map, tokens) that declares too much."""
+    nbytes = math.prod(member.shape) * member.dtype.itemsize
+    if nbytes > _HEADER_BYTES[member.name](limits):
+        raise TraceError(f"{member.name}: header declares shape {member.shape} {member.dtype} "
+                         f"({nbytes} bytes), more than this member may hold "
+                         f"({_HEADER_BYTES[member.name](limits)} bytes, see LoadLimits); {_DAMAGED}")  # fmt: skip
+    if member.name == "tokens" and member.dtype.kind == "U":
+        chars = member.dtype.itemsize // 4
+        if chars > limits.max_token_chars:
+            raise TraceError(f"tokens: a token piece of up to {chars} characters, over the "
+                             f"limit of {limits.max_token_chars} (LoadLimits.max_token_chars); {_DAMAGED}")  # fmt: skip
+    if member.name == "token_ids" and math.prod(member.shape) > limits.max_tokens:
+        raise TraceError(f"token_ids: n={math.prod(member.shape)} tokens, over the limit of "
+                         f"{limits.max_tokens} (LoadLimits.max_tokens)")  # fmt: skip
+
+
+def _check_budget(trace: Trace, members: Mapping[str, _Member], limits: LoadLimits) -> None:
+    """The budget derived from the trace's own n, layers and heads, before any layer is read.
+
+    Every attention/value member's shape was checked against n, L, H (and d) by the header
+    parse; here the dimensions themselves and the total they imply are capped.
+    """
+    for name, value, cap in (("layers", len(trace.layers), limits.max_layers),
+                             ("head_map", trace.num_heads, limits.max_heads),
+                             ("values", trace.head_dim, limits.max_head_dim)):  # fmt: skip
+        if value > cap:
+            raise TraceError(f"{name}: {value} is over the loader's limit of {cap} (LoadLimits)")
+    total = sum(math.prod(member.shape) * member.dtype.itemsize for member in members.values())
+    if total > limits.byte_limit:
+        raise TraceError(f"{trace.path}: n={trace.n}, {len(trace.layers)} layers and "
+                         f"{trace.num_heads} heads make {total / 2**30:.3g} GiB of arrays, over the "
+                         f"loader's limit of {limits.byte_limit / 2**30:.3g} GiB (LoadLimits.max_bytes; "
+                         "by default half the memory this process may use)")  # fmt: skip
+
+
+def _parse_json_object(text: str, key: str, limits: LoadLimits) -> dict[str, Any]:
+    """A JSON object with at most ``max_metadata_chars`` characters and ``max_json_depth``
+    levels of nesting (checked before parsing, so deep input cannot exhaust the stack).
+
+    Example: '{"model": "x"}' -> {"model": "x"}; '[[[...]]]' 1000 deep -> TraceError.
+    """
+    if len(text) > limits.max_metadata_chars:
+        raise TraceError(
+            f"{key}: {len(text)} characters, over the limit of {limits.max_metadata_chars}"
+        )
+    bare = re.sub(r'"(?:[^"\\]|\\.)*"', "", text)  # strings cannot nest
+    brackets = np.frombuffer(re.sub(r"[^\[\]{}]", "", bare).encode("ascii"), dtype=np.uint8)
+    steps = np.where((brackets == ord("[")) | (brackets == ord("{")), 1, -1)
+    depth = int(np.cumsum(steps).max()) if steps.size else 0
+    if depth > limits.max_json_depth:
+        raise TraceError(f"{key}: JSON nested {depth} levels deep, over the limit of "
+                         f"{limits.max_json_depth}; {_DAMAGED}")  # fmt: skip
+    try:
+        value = json.loads(text)
+    except (json.JSONDecodeError, RecursionError, ValueError) as exc:
+        raise TraceError(f"{key}: not valid JSON ({exc})") from exc
+    if not isinstance(value, dict):
+        raise TraceError(f"{key}: must be a JSON object, got {type(value).__name__}")
+    return value
+
+
 class Trace:
     """One attention trace, from a file (:meth:`load`) or arrays (:meth:`from_arrays`).
 
@@ -264,9 +543,11 @@ class Trace:
     head index. Attention arrays are read lazily per layer and returned as float32.
     """
 
-    def __init__(self, header: Mapping[str, np.ndarray], layer_source, path: Path | None = None):
+    def __init__(self, header: Mapping[str, np.ndarray], layer_source, path: Path | None = None,
+                 limits: LoadLimits | None = None):  # fmt: skip
         # layer_source(key) -> array for "attention.L{l}" / "values.L{l}"; header holds the rest.
         self.path = path
+        self._limits = limits or LoadLimits()
         self._source = layer_source
         self._cache: dict[str, np.ndarray] = {}
         self._outputs: dict[tuple[int, int], np.ndarray] = {}
@@ -275,24 +556,33 @@ class Trace:
 
     # ----------------------------------------------------------------- construction
     @classmethod
-    def load(cls, path: str | os.PathLike[str], validate: bool = True) -> Trace:
+    def load(
+        cls, path: str | os.PathLike[str], validate: bool = True, limits: LoadLimits | None = None
+    ) -> Trace:
         """Open a trace file; with ``validate`` (default) check every array once.
 
-        Raises :class:`TraceError` for anything that breaks the contract and
-        ``FileNotFoundError`` when there is no such file.
+        ``limits`` caps what the file may declare (default :class:`LoadLimits`); nothing
+        is allocated or inflated before its declared size is checked against them.
+        Raises :class:`TraceError` for anything that breaks the contract or the limits
+        and ``FileNotFoundError`` when there is no such file.
         """
         file_path = Path(path)
-        if not file_path.is_file():
-            raise FileNotFoundError(f"no trace file at {file_path}")
-        reader = _NpzReader(file_path)
-        header = {}
-        for key in _REQUIRED_KEYS + ("attention_levels",):
-            if key in reader.members:
-                header[key] = reader.array(key)
-        header["_members"] = reader.members
-        trace = cls(header, reader.array, file_path)
-        if validate:
-            trace.validate()
+        limits = limits or LoadLimits()
+        reader = _NpzReader(file_path, limits)
+        try:
+            header = {}
+            for key in _REQUIRED_KEYS + ("attention_levels",):
+                if key in reader.members:
+                    _check_header_member(reader.members[key], limits)
+                    header[key] = reader.array(key)
+            header["_members"] = reader.members
+            trace = cls(header, reader.array, file_path, limits)
+            _check_budget(trace, reader.members, limits)
+            if validate:
+                trace.validate()
+        except BaseException:
+            reader.close()
+            raise
         return trace
 
     @classmethod
@@ -434,13 +724,9 @@ class Trace:
         self.prompt_length = _as_int(header["prompt_length"], "prompt_length")
         if not 1 <= self.prompt_length <= self.n:
             raise TraceError(f"prompt_length: must be in [1, n={self.n}], got {self.prompt_length}")
-        try:
-            metadata = json.loads(_as_str(header["metadata"], "metadata"))
-        except json.JSONDecodeError as exc:
-            raise TraceError(f"metadata: not valid JSON ({exc})") from exc
-        if not isinstance(metadata, dict):
-            raise TraceError(f"metadata: must be a JSON object, got {type(metadata).__name__}")
-        self.metadata: dict[str, Any] = metadata
+        self.metadata: dict[str, Any] = _parse_json_object(
+            _as_str(header["metadata"], "metadata"), "metadata", self._limits
+        )
 
         expected = set(_REQUIRED_KEYS) | {f"attention.L{layer}" for layer in self.layers}
         if self.encoding == "quantized":
@@ -479,6 +765,10 @@ class Trace:
                 )
             if member.dtype not in (np.float16, np.float32):
                 raise TraceError(f"{key}: expected dtype float16 or float32, got {member.dtype}")
+            if member.shape[2] < 1:
+                raise TraceError(
+                    f"{key}: head_dim is 0; store values with at least one dimension or none"
+                )
             if self.head_dim and member.shape[2] != self.head_dim:
                 raise TraceError(
                     f"{key}: head_dim {member.shape[2]} differs from other layers ({self.head_dim})"
@@ -508,7 +798,7 @@ class Trace:
                 packed = np.asarray(raw[head])
                 if self.encoding == "quantized":
                     sums = np.add.reduceat(packed.astype(np.int64), starts)
-                    bad = np.flatnonzero(np.abs(sums - self.levels) > 1)
+                    bad = np.flatnonzero(sums != self.levels)  # exact: the format says so
                     if bad.size:
                         t = int(bad[0])
                         raise TraceError(
@@ -644,8 +934,9 @@ class Trace:
         return self.n - self.prompt_length
 
     def describe(self) -> str:
-        """One line for humans: model, n, prompt, layers, heads."""
-        model = self.metadata.get("model", "unknown model")
+        """One line for humans: model, n, prompt, layers, heads (terminal-safe: control
+        characters from the file are shown escaped, e.g. ESC as \\x1b)."""
+        model = printable(str(self.metadata.get("model", "unknown model"))[:200])
         return (f"{model}: n={self.n} (prompt {self.prompt_length}, decode {self.decode_steps}), "
                 f"{len(self.layers)} layers, {self.num_heads} query heads -> {self.num_kv_heads} KV heads, "
                 f"{self.encoding}{', values' if self.has_values else ''}")  # fmt: skip

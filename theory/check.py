@@ -28,13 +28,16 @@ from pathlib import Path
 
 import numpy as np
 
-from h2osim.cli import add_replay_arguments, replay_config_from_args
+from h2osim.cli import add_replay_arguments, check_outputs, number, replay_config_from_args
 from h2osim.files import write_json
 from h2osim.policies import policy_names
 from h2osim.trace import Trace
 from theory.functions import CONCAVE
 from theory.paper import PaperChain, algorithm2_chain, algorithm2_trajectory, paper_chain
 from theory.report import TraceBoundReport, trace_bound_report
+
+
+MAX_ROWS = 10_000  # steps the per-step table may show (it also never shows more than n)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="h in f(S) = h(sum of accumulated scores): identity, sqrt(z+1), log(z+1)")  # fmt: skip
     parser.add_argument("--charge-eps0", action="store_true",
                         help="our certificate: charge 2*eps0 of every gain to beta instead of alpha (as the paper splits drift and score error)")  # fmt: skip
-    parser.add_argument("--rows", type=int, default=16,
+    parser.add_argument("--rows", type=number(int, 1, MAX_ROWS), default=16,
                         help="how many steps the per-step table shows (default 16, evenly spaced)")  # fmt: skip
     parser.add_argument("--plot", metavar="PNG", help="write the figure there (default: no figure)")
     parser.add_argument(
@@ -190,14 +193,15 @@ def _finite(value):
 
 
 def run(args: argparse.Namespace) -> int:
-    trace = Trace.load(args.trace)
-    if args.rows < 1:
-        raise ValueError(f"--rows must be >= 1, got {args.rows}")
+    check_outputs(
+        {"--plot": args.plot, "--json": args.json}, inputs=[args.trace], stdout_ok={"--json"}
+    )
     if args.live and args.trajectory != "engine":
         raise ValueError("--live replaces the replayed trajectory; drop --trajectory algorithm2")
     if args.d4 and not 2 <= args.d4 <= 14:
         raise ValueError(f"--d4: ground must be in 2..14 (exhaustive over 2^M sets), got {args.d4}")
-    config = replay_config_from_args(args)
+    trace = Trace.load(args.trace)
+    config = replay_config_from_args(args, trace)
     print(f"trace {args.trace}: {trace.describe()}", flush=True)
     if args.trajectory == "algorithm2":
         from h2osim.engine import ReplayConfig
@@ -240,7 +244,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"trajectory {report.policy}, k={report.budget}, {len(report.unit_labels)} units, "
           f"observation {report.config.observation}, beta "
           f"{'charged 2*eps0 per gain' if args.charge_eps0 else 'not charged (delta = 0)'}")  # fmt: skip
-    print("\n".join(report_lines(report, args.rows, chain) + paper_lines(chain)))
+    print("\n".join(report_lines(report, min(args.rows, trace.n), chain) + paper_lines(chain)))
     if args.plot:
         from theory.figures import save_bound_report_figure
 

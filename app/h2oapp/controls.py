@@ -22,7 +22,7 @@ from h2oapp import cached
 from h2osim.engine import GQA_MODES, OBSERVATIONS, PROMPT_MODES, ReplayConfig
 from h2osim.files import atomic_write
 from h2osim.policies import policy_class, policy_names
-from h2osim.trace import Trace
+from h2osim.trace import APP_LIMITS, Trace, TraceError
 
 MAX_UPLOAD_MB = 50
 MAX_UPLOAD_BYTES = MAX_UPLOAD_MB * 2**20  # checked again on the server: the browser may not
@@ -99,7 +99,7 @@ def trace_picker() -> cached.TraceKey | None:
         for name in uploads_gone:
             del uploads[name]
         return None
-    except (ValueError, OSError) as exc:  # TraceError is a ValueError
+    except (TraceError, OSError) as exc:  # a broken or unreadable file, not a bug of the app
         st.error(
             f"{Path(path).name} cannot be read as an h2osim trace: {exc}. "
             "Choose another trace in the sidebar."
@@ -125,9 +125,9 @@ def _accept_upload() -> None:
     path = UPLOAD_FOLDER / f"{hashlib.sha256(data).hexdigest()[:20]}.npz"
     with atomic_write(path) as handle:
         handle.write(data)
-    try:
-        trace = Trace.load(path)
-    except (ValueError, OSError) as exc:  # TraceError is a ValueError
+    try:  # an upload may declare at most APP_LIMITS (n, layers, heads, 1 GiB of arrays)
+        trace = Trace.load(path, limits=APP_LIMITS)
+    except (TraceError, OSError) as exc:
         path.unlink(missing_ok=True)
         st.session_state["upload_message"] = ("error", (
             f"{uploaded.name} is not a valid h2osim trace: {exc}. "
