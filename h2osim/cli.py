@@ -116,6 +116,21 @@ def one_line_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
+def _check_single_values(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse ``--flag=--``: argparse (3.11) stores [] for it, skipping the flag's type check."""
+    for action in parser._actions:
+        value = getattr(args, action.dest, None)
+        if action.nargs is None and isinstance(action, argparse._StoreAction):
+            values = [value]
+        elif isinstance(action, argparse._AppendAction) and isinstance(value, list):
+            values = value
+        else:
+            continue
+        if any(isinstance(item, list) for item in values):
+            raise ValueError(f"{action.option_strings[0] if action.option_strings else action.dest} "
+                             "needs a value (got '--')")  # fmt: skip
+
+
 def run_cli(
     build_parser: Callable[[], argparse.ArgumentParser],
     run: Callable[[argparse.Namespace], int],
@@ -125,6 +140,7 @@ def run_cli(
     parser = one_line_errors(build_parser())
     try:
         args = parser.parse_args(argv)
+        _check_single_values(parser, args)
         limit_threads()
         return run(args)
     except (UserError, *USER_ERRORS) as exc:

@@ -8,16 +8,19 @@ from collections.abc import Sequence
 
 from h2osim.cli import check_outputs, number
 from h2osim.synthetic import synthetic_trace
-from h2osim.trace import ENCODINGS, LoadLimits
+from h2osim.trace import ENCODINGS, LoadLimits, memory_ceiling
 
-MAX_SYNTH_BYTES = 4 * 2**30  # working memory synth may need (about 12 L H n^2 / 2 + 48 n^2 bytes)
+MAX_SYNTH_BYTES = 4 * 2**30  # working memory synth may use (also at most trace.memory_ceiling())
+MAX_SYNTH_HEADS = 16_384  # layers x query heads (each is a loop of dense n x n work)
 
 
 def _working_bytes(n: int, layers: int, heads: int) -> int:
-    """Estimated peak memory of :func:`synthetic_trace`: the float32 attention held about
-    three times (generated, re-encoded, the trace's copy) plus ~48 bytes per (t, j) pair of
-    one head's dense temporaries. Example: n=256, 4 layers, 9 heads -> ~17 MB."""
-    return 3 * 4 * layers * heads * n * (n + 1) // 2 + 48 * n * n
+    """Estimated peak memory of :func:`synthetic_trace` plus saving: the float32 attention
+    held about three times (generated, re-encoded, the trace's copy), one layer's float64
+    quantization temporaries, and ~64 bytes per (t, j) pair of one head's dense arrays.
+    Example: n=256, 4 layers, 9 heads -> ~23 MB."""
+    packed = n * (n + 1) // 2
+    return 12 * layers * heads * packed + 40 * heads * packed + 64 * n * n
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,10 +93,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     check_outputs({"--output": args.output})
-    needed = _working_bytes(args.n, args.layers, args.heads)
-    if needed > MAX_SYNTH_BYTES:
+    if args.layers * args.heads > MAX_SYNTH_HEADS:
+        raise ValueError(f"--layers {args.layers} x --heads {args.heads} is over {MAX_SYNTH_HEADS} "
+                         "heads in all; use fewer layers or heads")  # fmt: skip
+    needed, limit = (
+        _working_bytes(args.n, args.layers, args.heads),
+        min(MAX_SYNTH_BYTES, memory_ceiling()),
+    )
+    if needed > limit:
         raise ValueError(f"--n {args.n} with {args.layers} layers x {args.heads} heads needs about "
-                         f"{needed / 2**30:.1f} GiB while generating (limit {MAX_SYNTH_BYTES / 2**30:.0f} GiB); "
+                         f"{needed / 2**30:.2f} GiB while generating (limit here {limit / 2**30:.2f} GiB); "
                          "use a smaller --n, --layers or --heads")  # fmt: skip
     trace = synthetic_trace(
         args.n, layers=args.layers, heads=args.heads, kv_heads=args.kv_heads, head_dim=args.head_dim,

@@ -200,16 +200,23 @@ class LoadLimits:
 
 def memory_ceiling() -> int:
     """The default byte budget of a trace: 32 GiB, at most half the machine's RAM and half
-    of the process's address-space limit (``ulimit -v``), whichever is smallest."""
+    of what the process's address-space limit (``ulimit -v``) leaves free, whichever is
+    smallest. Example: under ``ulimit -v 4000000`` with 600 MB mapped -> about 1.6 GiB."""
     ceilings = [32 * 2**30]
     with contextlib.suppress(ValueError, OSError, AttributeError):
         ceilings.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2)
-    with contextlib.suppress(ImportError, ValueError, OSError):
+    with contextlib.suppress(ImportError, ValueError, OSError, IndexError):
         import resource
 
         soft = resource.getrlimit(resource.RLIMIT_AS)[0]
         if soft != resource.RLIM_INFINITY:
-            ceilings.append(soft // 2)
+            mapped = 0
+            with (
+                contextlib.suppress(OSError, ValueError, IndexError),
+                open("/proc/self/statm") as handle,
+            ):
+                mapped = int(handle.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+            ceilings.append(max(soft - mapped, 0) // 2)
     return min(ceilings)
 
 
