@@ -517,6 +517,18 @@ def _check_budget(trace: Trace, members: Mapping[str, _Member], limits: LoadLimi
                          "by default half the memory this process may use)")  # fmt: skip
 
 
+def _terminal_safe(read):
+    """``read(key)`` whose TraceErrors have control characters escaped (see files.printable)."""
+
+    def safe(key: str) -> np.ndarray:
+        try:
+            return read(key)
+        except TraceError as exc:
+            raise TraceError(printable(str(exc))) from exc.__cause__
+
+    return safe
+
+
 def _parse_json_object(text: str, key: str, limits: LoadLimits) -> dict[str, Any]:
     """A JSON object with at most ``max_metadata_chars`` characters and ``max_json_depth``
     levels of nesting (checked before parsing, so deep input cannot exhaust the stack).
@@ -575,20 +587,26 @@ class Trace:
         """
         file_path = Path(path)
         limits = limits or LoadLimits()
-        reader = _NpzReader(file_path, limits)
+        reader = None
         try:
+            reader = _NpzReader(file_path, limits)
             header = {}
             for key in _REQUIRED_KEYS + ("attention_levels",):
                 if key in reader.members:
                     _check_header_member(reader.members[key], limits)
                     header[key] = reader.array(key)
             header["_members"] = reader.members
-            trace = cls(header, reader.array, file_path, limits)
+            trace = cls(header, _terminal_safe(reader.array), file_path, limits)
             _check_budget(trace, reader.members, limits)
             if validate:
                 trace.validate()
+        except TraceError as exc:  # messages quote the file: make them safe to print
+            if reader is not None:
+                reader.close()
+            raise TraceError(printable(str(exc))) from exc.__cause__
         except BaseException:
-            reader.close()
+            if reader is not None:
+                reader.close()
             raise
         return trace
 

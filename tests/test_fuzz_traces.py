@@ -385,3 +385,26 @@ def test_enough_cases_ran():
     for name, count in expected.items():
         assert CASES.get(name, 0) >= count, (name, CASES)
     print(f"fuzz cases run: {CASES}")
+
+
+def test_the_sandbox_catches_an_allocation_the_budget_prevents(pool, tmp_path):
+    """Negative control: with the budget lifted (LoadLimits(max_bytes=2**40, ...)), a 2 GiB
+    deflate bomb in `token_ids` is inflated and the worker's address-space limit turns it
+    into a MemoryError, reported as a crash; with the default budget it is a TraceError."""
+    size = 2**31
+    header = fz.npy_header("|u1", (size,))
+    stream, _ = fz.zero_bomb(header, size)
+    members = dict(BASES["float32"])
+    entries = [
+        _entry(name, payload, True) for name, payload in members.items() if name != "token_ids.npy"
+    ]
+    entries.append(fz.Entry("token_ids.npy", stream, zipfile.ZIP_DEFLATED, 0, len(header) + size))
+    path = tmp_path / "bomb.npz"
+    path.write_bytes(fz.zip_bytes(entries))
+    assert path.stat().st_size < 20 * 2**20
+    outcome, detail, _ = _run_case(pool, path)
+    assert outcome == "trace_error" and "token_ids" in detail and "limit" in detail, detail
+    lifted = {"max_bytes": 2**40, "max_tokens": 2**40}
+    with fz.sandbox() as fresh:  # a worker of its own: the crash may leave it in a bad state
+        outcome, detail, _ = fresh.submit(fz.load_case, str(path), lifted).result(timeout=120)
+    assert outcome == "crash" and "MemoryError" in detail, (outcome, detail[-500:])

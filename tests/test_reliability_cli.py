@@ -436,3 +436,78 @@ def test_quantized_rows_must_sum_to_exactly_the_levels(tmp_path):
 def test_memory_ceiling_follows_the_address_space_limit(pool):
     free = pool.submit(memory_ceiling).result(timeout=30)
     assert free <= fz.HEADROOM // 2 + 2**20 and free > 2**20
+
+
+# --------------------------------------------------------------------------- issue 13, loader
+def _members_of(path: Path) -> dict[str, bytes]:
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        return {info.filename: archive.read(info) for info in archive.infolist()}
+
+
+def _loader_cases(tmp: Path) -> list[tuple[str, Path | str, str]]:
+    trace = synthetic_trace(64, layers=2, heads=4, kv_heads=2, head_dim=16, seed=2)
+    trace.save(tmp / "raw.npz", compress=False)
+    trace.save(tmp / "zip.npz")
+    members = _members_of(tmp / "zip.npz")
+
+    def variant(name: str, **changes: bytes) -> Path:
+        path = tmp / name
+        merged = {**members, **{f"{key}.npy": value for key, value in changes.items()}}
+        path.write_bytes(fz.zip_bytes([fz.deflated(key, value) for key, value in merged.items()]))
+        return path
+
+    nested = variant(
+        "nested.npz", metadata=fz.npy_bytes(np.asarray(np.str_("[" * 1000 + "]" * 1000)))
+    )
+    header, data = fz.split_npy(members["layers.npy"])
+    paren = variant("paren.npz", layers=header[:-3] + b"(" + header[-2:] + data)
+    huge = variant("huge.npz", token_ids=fz.npy_header("<i8", (10**12,)) + b"\0" * 2_000_000)
+    head_dim0 = variant("hd0.npz", **{f"values.L{layer}": fz.npy_bytes(np.zeros((2, 64, 0), np.float16))
+                                      for layer in (0, 1)})  # fmt: skip
+    raw = bytearray((tmp / "raw.npz").read_bytes())  # 200 scaled values in a memory-mapped member
+    import zipfile
+
+    info = zipfile.ZipFile(tmp / "raw.npz").getinfo("values.L0.npy")
+    local = (
+        info.header_offset
+        + 30
+        + int.from_bytes(raw[info.header_offset + 26 : info.header_offset + 28], "little")
+    )
+    local += int.from_bytes(raw[info.header_offset + 28 : info.header_offset + 30], "little")
+    start = (
+        local + 10 + int.from_bytes(raw[local + 8 : local + 10], "little")
+    )  # after the .npy header
+    scaled = np.frombuffer(bytes(raw[start : start + 800]), np.float32) * np.float32(1.5)  # (200,)
+    raw[start : start + 800] = scaled.tobytes()
+    (tmp / "scaled.npz").write_bytes(bytes(raw))
+    return [
+        ("nested JSON", nested, "metadata: JSON nested 1000 levels deep"),
+        ("stray ( in header", paren, "layers: unreadable array header"),
+        ("10^12 elements", huge, "token_ids: header declares shape (1000000000000,)"),
+        ("head_dim 0", head_dim0, "values.L0: head_dim is 0"),
+        ("scaled memory-mapped values", tmp / "scaled.npz", "values.L0: CRC-32 mismatch"),
+        ("300-char name", tmp / ("x" * 300 + ".npz"), "File name too long"),
+        ("folder", tmp, "is a folder"),
+        ("/dev/zero", "/dev/zero", "not a regular file"),
+    ]
+
+
+def test_every_loader_reproduction_of_issue_13_is_a_trace_error(pool, tmp_path):
+    for what, path, needle in _loader_cases(tmp_path):
+        outcome, detail, _ = pool.submit(fz.load_case, str(path)).result(timeout=60)
+        assert outcome == "trace_error" and needle in detail, (what, outcome, detail[-800:])
+        how, code, _, err = _run(pool, "h2osim.replay", [str(path), "--no-progress"])
+        assert code == 2 and err.count("\n") == 1 and needle in err, (what, err)
+    assert Trace.load(tmp_path / "raw.npz").n == 64  # the undamaged memory-mapped trace loads
+
+
+def test_the_policy_range_check_alone_lets_nan_through():
+    """Why the CLI refuses NaN itself: `value < low or value > high` is False for NaN."""
+    from h2osim.policies import all_parameters
+    from h2osim.policies.base import check_parameter
+
+    check_parameter(all_parameters()["forgetting"], float("nan"))  # no error raised
+    with pytest.raises(argparse.ArgumentTypeError, match="forgetting"):
+        number(float, 0, 1, low_open=True, name="forgetting")("nan")
