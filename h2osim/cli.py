@@ -203,6 +203,13 @@ def parse_layers(
 
 
 # ------------------------------------------------------------------ argument values
+def _bound(value: float) -> str:
+    """A range end for messages: 65536 -> "65536", 1e9 -> "1000000000", 2**63 - 1 -> "2^63-1"."""
+    if value == 2**63 - 1 or value == -(2**63):
+        return "2^63-1" if value > 0 else "-2^63"
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
 def number(
     kind: type = float, low: float | None = None, high: float | None = None, *,
     low_open: bool = False, high_open: bool = False, name: str | None = None,
@@ -215,11 +222,11 @@ def number(
     """
     left, right = "(" if low_open else "[", ")" if high_open else "]"
     if low is not None and high is not None:
-        expected = f"in {left}{low:g}, {high:g}{right}"
+        expected = f"in {left}{_bound(low)}, {_bound(high)}{right}"
     elif low is not None:
-        expected = f"{'>' if low_open else '>='} {low:g}"
+        expected = f"{'>' if low_open else '>='} {_bound(low)}"
     elif high is not None:
-        expected = f"{'<' if high_open else '<='} {high:g}"
+        expected = f"{'<' if high_open else '<='} {_bound(high)}"
     else:
         expected = "a number"
     what = " (a whole number)" if kind is int else " (a finite number)"
