@@ -27,8 +27,11 @@ with ``c_j`` the cumulative sum of the row and L the levels (default 1024), so e
 probability is off by at most 1/L (< 1e-3 for L = 1024) and the row still sums to 1.
 Mostly-zero integers compress far better than float16.
 
-Loading never unpickles (``allow_pickle=False``). Members stored uncompressed are
-memory-mapped; compressed members are decompressed one layer at a time on first use.
+Loading never unpickles (no pickle-capable dtype gets past the strict ``.npy`` header
+parser). Members stored uncompressed are memory-mapped after a CRC-32 check; compressed
+members are decompressed one layer at a time on first use, in bounded chunks. Nothing is
+allocated before its declared size is checked against :class:`LoadLimits` (the budget the
+trace's own n, layers and heads imply, capped by the memory this process can use).
 Every problem is reported as :class:`TraceError` naming the key and what is wrong.
 """
 
@@ -177,8 +180,8 @@ class LoadLimits:
     member's declared shape must be exactly the one n, L and H imply, and the sum of all
     declared sizes must stay within ``max_bytes``. Each member is checked from its header
     before its data is inflated or mapped, and inflation stops at the declared size.
-    The defaults fit every trace a 64 GB machine can replay; the app passes stricter ones
-    (:data:`APP_LIMITS`). Example: ``Trace.load(path, limits=LoadLimits(max_tokens=4096))``.
+    The byte budget defaults to :func:`memory_ceiling` (what this process can hold); the
+    app passes stricter limits (:data:`APP_LIMITS`). Example: ``Trace.load(path, limits=LoadLimits(max_tokens=4096))``.
     """
 
     max_tokens: int = 65_536  # n
@@ -486,8 +489,8 @@ def _check_header_member(member: _Member, limits: LoadLimits) -> None:
     nbytes = math.prod(member.shape) * member.dtype.itemsize
     if nbytes > _HEADER_BYTES[member.name](limits):
         raise TraceError(f"{member.name}: header declares shape {member.shape} {member.dtype} "
-                         f"({nbytes} bytes), more than this member may hold "
-                         f"({_HEADER_BYTES[member.name](limits)} bytes, see LoadLimits); {_DAMAGED}")  # fmt: skip
+                         f"({nbytes} bytes), over the loader's limit of "
+                         f"{_HEADER_BYTES[member.name](limits)} bytes for this member (LoadLimits)")  # fmt: skip
     if member.name == "tokens" and member.dtype.kind == "U":
         chars = member.dtype.itemsize // 4
         if chars > limits.max_token_chars:
