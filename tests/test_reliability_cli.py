@@ -29,6 +29,7 @@ from tests import fuzz_support as fz
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAG_EXAMPLES = 250
+MODEL_FLAG_EXAMPLES = 120
 CASES: dict[str, int] = {}
 
 
@@ -299,11 +300,6 @@ def test_numeric_flags_in_subprocesses_under_an_address_limit(folder):
     assert done.returncode == 2 and "H2OSIM_THREADS" in done.stderr and done.stderr.count("\n") == 1
 
 
-def test_enough_flag_cases_ran():
-    assert CASES.get("flags", 0) >= FLAG_EXAMPLES, CASES
-    print(f"flag fuzz cases run: {CASES}")
-
-
 # --------------------------------------------------------------------------- outputs, text
 def test_check_outputs_resolves_symlinks(tmp_path):
     trace = tmp_path / "data" / "t.npz"
@@ -511,3 +507,65 @@ def test_the_policy_range_check_alone_lets_nan_through():
     check_parameter(all_parameters()["forgetting"], float("nan"))  # no error raised
     with pytest.raises(argparse.ArgumentTypeError, match="forgetting"):
         number(float, 0, 1, low_open=True, name="forgetting")("nan")
+
+
+class ReachedModel(Exception):
+    """The arguments passed every check and the model would load now."""
+
+
+MODEL_FLAGS = {
+    "h2osim.dump": ["--max-new-tokens", "--seed", "--temperature", "--max-tokens", "--prefill-chunk",
+                    "--levels", "--truncate", "--layers"],
+    "h2osim.live": ["--budget", "--generate", "--prompt-length", "--prefill-chunk", "--batch",
+                    "--max-tokens", "--truncate", "--heavy-ratio", "--forgetting", "--history"],
+}  # fmt: skip
+
+
+@settings(max_examples=MODEL_FLAG_EXAMPLES, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(data=st.data())
+def test_model_cli_flags_fuzzed_never_reach_the_model_with_a_bad_value(tmp_path, monkeypatch, data):
+    """dump/live: a value is refused in one line before the model loads, or it is valid (the
+    fake loader then raises ReachedModel); never a traceback."""
+    import importlib
+    import io
+    from contextlib import redirect_stderr
+
+    import h2osim.model
+
+    def reached(*args, **kwargs):
+        raise ReachedModel
+
+    monkeypatch.setattr(h2osim.model, "load_model_from_args", reached)
+    module = data.draw(st.sampled_from(sorted(MODEL_FLAGS)))
+    flag = data.draw(st.sampled_from(MODEL_FLAGS[module]))
+    value = data.draw(VALUES)
+    argv = [f"{flag}={value}", "--no-progress"] + (
+        ["-o", str(tmp_path / "x.npz")] if module.endswith("dump") else []
+    )
+    if flag in ("--temperature",):
+        argv += ["--seed", "1"]
+    err = io.StringIO()
+    try:
+        with redirect_stderr(err):
+            code = importlib.import_module(module).main(argv)
+    except ReachedModel:
+        return_code = None
+    except SystemExit as exc:
+        return_code = exc.code
+    else:
+        return_code = code
+    if return_code is not None:
+        assert return_code == 2, (argv, err.getvalue())
+        lines = err.getvalue().strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in err.getvalue(), err.getvalue()
+    CASES["model_flags"] = CASES.get("model_flags", 0) + 1
+
+
+def test_enough_flag_cases_ran():
+    """The flag fuzz tests above ran their full counts (Hypothesis did not stop early)."""
+    assert (
+        CASES.get("flags", 0) >= FLAG_EXAMPLES
+        and CASES.get("model_flags", 0) >= MODEL_FLAG_EXAMPLES
+    ), CASES
+    print(f"flag fuzz cases run: {CASES}")
