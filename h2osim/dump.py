@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 
 from h2osim.cli import (
-    check_output_file,
     check_outputs,
     check_text_input,
     check_text_length,
@@ -83,7 +82,7 @@ def _check_output(path: str, text_file: str | None = None) -> Path:
     """The output path, refused before the model loads if it cannot be written (see
     :func:`h2osim.cli.check_output_file`: folder, device, read-only or missing folder)."""
     check_outputs({"--output": path}, inputs=[text_file])
-    return check_output_file("--output", path)
+    return Path(path)
 
 
 def run(args: argparse.Namespace, command: str = "") -> int:
