@@ -332,7 +332,7 @@ class _NpzReader:
         self.size = _check_path(path)
         if self.size > self._byte_limit + 2**20:
             raise TraceError(f"{path}: the file is {self.size / 2**30:.1f} GiB, over the loader's "
-                             f"limit of {self._byte_limit / 2**30:.1f} GiB (LoadLimits.max_bytes; set by the memory available)")  # fmt: skip
+                             f"limit of {self._byte_limit / 2**30:.1f} GiB (LoadLimits.max_bytes; by default half the memory this process can use)")  # fmt: skip
         try:
             self._zip = zipfile.ZipFile(path)
         except _READ_ERRORS as exc:
@@ -377,7 +377,7 @@ class _NpzReader:
             if declared > self._byte_limit:
                 raise TraceError(f"{name[:-4]}: header declares shape {shape} {dtype} "
                                  f"({declared / 2**30:.3g} GiB), over the loader's limit of "
-                                 f"{self._byte_limit / 2**30:.3g} GiB (LoadLimits.max_bytes; set by the memory available)")  # fmt: skip
+                                 f"{self._byte_limit / 2**30:.3g} GiB (LoadLimits.max_bytes; by default half the memory this process can use)")  # fmt: skip
             if info.file_size != header_bytes + declared:
                 raise TraceError(
                     f"{name[:-4]}: header declares shape {shape} {dtype} ({declared} bytes) "

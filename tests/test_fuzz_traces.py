@@ -174,15 +174,10 @@ def structural_cases(draw) -> tuple[str, bytes, str]:
                                              (f"values.L{layer}.npy", (2, n, 3), "<f2")):  # fmt: skip
                 body = fz.npy_header(descr_, head_shape)
                 nbytes = int(np.prod(head_shape)) * np.dtype(descr_).itemsize
-                entries.append(
-                    fz.Entry(
-                        name,
-                        fz.deflated(name, body).data,
-                        zipfile.ZIP_DEFLATED,
-                        0,
-                        len(body) + nbytes,
-                    )
-                )
+                stream, _ = fz.zero_bomb(
+                    body, 65_536
+                )  # longer than a header read: no early CRC check
+                entries.append(fz.Entry(name, stream, zipfile.ZIP_DEFLATED, 0, len(body) + nbytes))
     elif kind == "duplicate":
         entries = [_entry(name, payload, compress) for name, payload in members.items()]
         entries.append(_entry(key, members[key], compress))
@@ -408,3 +403,32 @@ def test_the_sandbox_catches_an_allocation_the_budget_prevents(pool, tmp_path):
     with fz.sandbox() as fresh:  # a worker of its own: the crash may leave it in a bad state
         outcome, detail, _ = fresh.submit(fz.load_case, str(path), lifted).result(timeout=120)
     assert outcome == "crash" and "MemoryError" in detail, (outcome, detail[-500:])
+
+
+def test_a_consistent_giant_is_refused_by_the_total_budget(pool, tmp_path):
+    """n=12000 declared consistently everywhere: each attention layer (576 MB) fits the
+    sandbox's per-member limit (~768 MB), both together do not; refused before either is
+    inflated, naming the n, layers and heads that make the total."""
+    n = 12_000
+    members = dict(BASES["float16"])
+    members["token_ids.npy"] = fz.npy_bytes(np.arange(n, dtype=np.int64))
+    members["tokens.npy"] = fz.npy_bytes(np.asarray(["<t>"] * n))
+    entries = [_entry(name, payload, True) for name, payload in members.items()
+               if not name.startswith(("attention.", "values."))]  # fmt: skip
+    for layer in (0, 1):
+        for name, shape in (
+            (f"attention.L{layer}.npy", (4, n * (n + 1) // 2)),
+            (f"values.L{layer}.npy", (2, n, 3)),
+        ):
+            body = fz.npy_header("<f2", shape)
+            stream, _ = fz.zero_bomb(body, 65_536)
+            entries.append(
+                fz.Entry(name, stream, zipfile.ZIP_DEFLATED, 0, len(body) + 2 * int(np.prod(shape)))
+            )
+    path = tmp_path / "giant.npz"
+    path.write_bytes(fz.zip_bytes(entries))
+    outcome, detail, _ = _run_case(pool, path)
+    assert outcome == "trace_error", detail
+    assert (
+        "n=12000, 2 layers and 4 heads make 1.07 GiB of arrays, over the loader's limit" in detail
+    ), detail
