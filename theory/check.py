@@ -36,7 +36,6 @@ from theory.functions import CONCAVE
 from theory.paper import PaperChain, algorithm2_chain, algorithm2_trajectory, paper_chain
 from theory.report import TraceBoundReport, trace_bound_report
 
-
 MAX_ROWS = 10_000  # steps the per-step table may show (it also never shows more than n)
 
 
