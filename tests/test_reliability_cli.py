@@ -146,7 +146,7 @@ def test_legitimate_values_still_run(pool, folder):
     how, code, out, err = _run(
         pool, "theory.check", [trace, "--rows", "10000", "--no-plot", "--no-progress"]
     )
-    assert code == 0 and "bound holds" in out  # rows above n: every step shown once
+    assert code == 0 and "certificate holds" in out  # rows above n: every step shown once
 
 
 @pytest.mark.parametrize(
