@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from h2osim.errors import TraceError, UserError
-from h2osim.files import printable
+from h2osim.files import FIGURE_FORMATS, printable
 
 MODEL_STACK = ("torch", "transformers", "gguf", "safetensors")  # what the model tools import
 USER_ERRORS = (
@@ -406,6 +406,9 @@ def check_outputs(
         if real in claimed:
             raise ValueError(f"{claimed[real]} and {flag} name the same file {printable(value[:120])}; "
                              "give each output its own path")  # fmt: skip
+        if flag == "--plot" and path.suffix.lower().lstrip(".") not in ("", *FIGURE_FORMATS):
+            raise ValueError(f"--plot {printable(value[:120])}: a figure is one of "
+                             f"{', '.join(FIGURE_FORMATS)} (from the suffix); got {printable(path.suffix)!r}")  # fmt: skip
         claimed[real] = flag
 
 

@@ -103,6 +103,9 @@ def write_json(target: str | os.PathLike[str], payload: Any, indent: int = 2) ->
     write_output(target, json.dumps(payload, indent=indent, default=json_default))
 
 
+FIGURE_FORMATS = ("png", "pdf", "svg", "svgz", "jpg", "jpeg", "tif", "tiff", "webp", "eps", "ps")
+
+
 def save_figure(figure, path: str | os.PathLike[str], **kwargs) -> None:
     """Atomically save a matplotlib figure; the format comes from the file suffix."""
     suffix = Path(path).suffix.lstrip(".") or "png"

@@ -92,6 +92,7 @@ def _issue_cases(folder: Path) -> list[tuple[str, list[str], str]]:
         (replay, [trace, "--json", "/dev/null"], "device"),
         (replay, [trace, "--json", "/sys/x.json"], "cannot write"),
         (replay, [trace, "--plot", str(folder / "no" / "x.png")], "does not exist"),
+        (replay, [trace, "--plot", str(folder / "x.xyz")], "a figure is one of"),
         ("h2osim.observe", [trace, "--out-dir", str(folder / "a-file")], "not a folder"),
         ("theory.check", [trace, "--plot", trace], "input file"),
         ("h2osim.synth", ["-o", "/sys/x.npz"], "cannot write"),
@@ -207,7 +208,7 @@ TRACE_FLAGS = {
                       "--threshold", "--history", "--sinks", "--seed", "--recent-ratio",
                       "--heavy-size", "--recent-size"],
     "h2osim.observe": ["--layers"],
-    "theory.check": ["--rows", "--budget", "--layers"],
+    "theory.check": ["--rows", "--budget", "--layers", "--d4"],
     "h2osim.synth": ["--n", "--layers", "--heads", "--kv-heads", "--head-dim", "--prompt-length",
                      "--heavy-share", "--pareto-shape", "--noise", "--seed"],
 }  # fmt: skip
