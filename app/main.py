@@ -24,5 +24,6 @@ pages = [
     st.Page("views/policy_race.py", title="Policy race", icon=":material/sports_score:"),
     st.Page("views/theory_lab.py", title="Theory lab", icon=":material/functions:"),
     st.Page("views/live_lab.py", title="Live lab", icon=":material/science:"),
+    st.Page("views/needle_lab.py", title="Needle lab", icon=":material/search:"),
 ]
 st.navigation(pages).run()
