@@ -49,7 +49,7 @@ def test_needle_lab_answers_and_shows_the_held_needle_tokens(app):
     assert app.code[0].value.strip().startswith(answer)  # the full cache retrieves it
     assert [m.label for m in app.metric] == ["Needle held"] * 3
     assert app.metric[0].value == "100%" and app.metric[1].value == "0%"  # window lost it
-    table = app.dataframe(key="needle_held_table").value
+    table = app.dataframe[0].value
     assert list(table.index) == ["window", "h2o"]
     assert (table.loc["window"] == 0).all()
     # own text: the answer is located in it and the held table follows the new needle
@@ -61,5 +61,5 @@ def test_needle_lab_answers_and_shows_the_held_needle_tokens(app):
     app.button(key="needle_run").click().run()
     assert not app.exception, app.exception
     assert "'4711'" in app.subheader[0].value
-    table = app.dataframe(key="needle_held_table").value
+    table = app.dataframe[0].value
     assert len(table.columns) == len(app.session_state["needle_result"]["positions"]) >= 1

@@ -9,6 +9,7 @@ evict the same tokens, so replay's "needle held" equals the live one exactly.
 
 from __future__ import annotations
 
+import csv
 import json
 
 import numpy as np
@@ -99,7 +100,9 @@ def test_cli_writes_tables_and_heatmap(tmp_path, capsys):
     assert full["accuracy"] == 1.0 and full["trials"] == 1
     window = next(r for r in payload["records"] if r["policy"] == "window")
     assert window["correct"]  # depth 1: the needle sits in the recent window
-    assert (out / "needle.csv").read_text().count("\n") == 3
+    with (out / "needle.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["policy"] for row in rows] == ["full", "window"]
     assert (out / "needle-full.png").stat().st_size > 5000
     assert np.isclose(window["budget_requested"], 0.3)
     # a second run resumes from needle-trials.jsonl instead of recomputing
