@@ -300,8 +300,9 @@ class TrialResult:
 
     encoded: EncodedTask
     records: list[dict[str, Any]]
+    # (policy, k, mode) -> (units, needle tokens) bool: what each unit held at the answer row
     kept: dict[tuple[str, int, str], np.ndarray] = field(default_factory=dict, repr=False)
-    seconds: float = 0.0  # (policy, k, mode) -> (units, needle tokens) held at the answer row
+    seconds: float = 0.0
 
 
 def needle_held(evicted_at: np.ndarray, row: int, positions: np.ndarray) -> np.ndarray:
