@@ -7,9 +7,12 @@ replay takes milliseconds; one test runs the pages on the shipped traces as they
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -205,6 +208,36 @@ def test_policy_race_without_choices_asks_for_them(app):
     app.multiselect(key="race_policies").set_value([]).run()
     assert "at least one policy" in app.warning[0].value
     assert not app.exception
+
+
+def test_policy_race_gap_to_opt_is_the_cli_gap_for_every_policy(app, trace_folder, tmp_path):
+    """The race's rows and gaps are those of ``python -m h2osim.replay --sweep --json``:
+    h2o-mask / h2o-drop (own budget, prompt in full) get no gap against a streamed opt."""
+    open_page(app, POLICY_RACE)
+    app.multiselect(key="race_policies").set_value(policy_names())
+    app.pills(key="race_budgets").set_value([0.2, 0.5]).run()
+    assert not app.exception
+    table = app.dataframe[0].value
+    trace = trace_folder / "a-tiny.npz"
+    out = tmp_path / "cli.json"
+    subprocess.run(
+        [sys.executable, "-m", "h2osim.replay", str(trace), "--policy", "all", "--sweep",
+         "0.2,0.5", "--no-output-error", "--no-progress", "--json", str(out)],
+        check=True, capture_output=True, cwd=REPO_ROOT, timeout=TIMEOUT,
+    )  # fmt: skip
+    cli = {(r["policy"], r["budget_requested"]): r for r in json.loads(out.read_text())["results"]}
+    app_rows = {(r.policy, r.budget_requested): r for r in table.itertuples()}
+    assert set(app_rows) == set(cli)  # the same cells: fixed-budget policies once
+    for cell, row in app_rows.items():
+        expected = cli[cell]["gap_to_opt"]
+        if expected is None:
+            assert pd.isna(row.gap_to_opt), cell
+        else:
+            assert row.gap_to_opt == pytest.approx(expected, abs=1e-12), cell
+        assert row.retained_mass == pytest.approx(cli[cell]["retained_mass"], abs=1e-12)
+    for name in ("h2o-mask", "h2o-drop"):
+        assert pd.isna(app_rows[(name, 0.2)].gap_to_opt)  # other budget and prompt mode
+    assert app_rows[("h2o", 0.2)].gap_to_opt >= 0 and app_rows[("opt", 0.5)].gap_to_opt == 0
 
 
 # ----------------------------------------------------------------- pages 4 and 5

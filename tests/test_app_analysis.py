@@ -15,6 +15,8 @@ from h2oapp import analysis, figures  # noqa: E402
 from h2oapp.analysis import EVICTED, EVICTED_NOW, FUTURE, HEAVY, RECENT  # noqa: E402
 from h2oapp.cached import shipped_traces  # noqa: E402
 
+from h2osim.studies import observe  # noqa: E402
+
 
 def test_accumulated_attention_sums_columns_or_averages_per_row_seen():
     matrix = np.array([[1.0, 0.0], [0.4, 0.6]])
@@ -37,11 +39,12 @@ def test_top_share():
     assert analysis.top_share(np.zeros(3)) == 0.0
 
 
-def test_power_law_fit_recovers_the_exponent():
+def test_power_law_recovers_the_exponent_and_is_the_cli_estimator():
     ranks = np.arange(1, 201, dtype=float)
-    slope, intercept = analysis.power_law_fit(5.0 * ranks**-1.3)
-    assert slope == pytest.approx(-1.3)
-    assert intercept == pytest.approx(np.log10(5.0))
+    alpha, scale, r2 = analysis.power_law(np.random.default_rng(0).permutation(5.0 * ranks**-1.3))
+    assert (alpha, scale, r2) == (pytest.approx(1.3), pytest.approx(5.0), pytest.approx(1.0))
+    bent = np.exp(-ranks / 40.0)  # not a power law: the estimators must agree anyway
+    assert analysis.power_law(bent)[0] == observe.power_law_fit(bent)[0]
 
 
 def test_log_weights_span_three_decades():
@@ -94,7 +97,7 @@ def test_charts_build_valid_vega_lite_specs():
                for p, m0 in (("h2o", 0.8), ("opt", 0.9)) for b, m in ((0.1, m0), (0.2, m0 + 0.05))]  # fmt: skip
     records.append({"policy": "full", "budget_fraction": 1.0, "budget": 30, "retained_mass": 1.0})
     specs = [
-        figures.power_law_chart(rng.random(30), tokens, -1.0, 0.0),
+        figures.power_law_chart(rng.random(30), tokens, 1.0, 1.0, "accumulated attention"),
         figures.sink_chart(rng.random(30), 20),
         figures.token_strip(states, 12),
         figures.attention_heatmap(np.tril(rng.random((30, 30))), 20),

@@ -3,8 +3,9 @@
 Follows the H2O paper's Section 3 observations (arXiv 2306.14048): attention is sparse
 (most entries are tiny next to their row's maximum), a few "heavy hitter" tokens collect
 most of the accumulated attention, and the accumulated scores fall off like a power law.
-Simplification: the power-law exponent is a least-squares line on log-log axes, a
-teaching aid, not a statistical test.
+The power-law exponent alpha is the estimator of ``python -m h2osim.observe`` (one
+definition, :func:`h2osim.studies.observe.power_law_fit`), a least-squares line on
+log-log axes at log-spaced ranks: a teaching aid, not a statistical test.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from h2osim.metrics import SIGNIFICANCE
+from h2osim.studies import observe
 
 # Cache states of a token at step t, as drawn by the token strip (codes are image values).
 FUTURE, EVICTED, EVICTED_NOW, RECENT, HEAVY = range(5)
@@ -84,19 +86,20 @@ def top_share(scores: np.ndarray, fraction: float = 0.1) -> float:
     return float(np.sort(scores)[::-1][:count].sum() / total) if total > 0 else 0.0
 
 
-def power_law_fit(scores: np.ndarray) -> tuple[float, float]:
-    """Slope and intercept of log10(score) vs log10(rank) over the top half of the ranks.
-
-    A straight line on log-log axes is the signature of a power law; the slope is its
-    exponent. Zero scores are left out. Example: scores 1/rank -> slope -1.
+def power_law(scores: np.ndarray) -> tuple[float, float, float]:
+    """``(alpha, scale, r2)``: accumulated scores sorted high to low, fitted as
+    ``scale * rank^(-alpha)`` by the estimator of ``python -m h2osim.observe``
+    (:func:`h2osim.studies.observe.power_law_fit`, log-spaced ranks), so the app and the
+    CLI report the same alpha; ``scale`` is the least-squares constant on those ranks.
+    Zero scores are left out. Example: scores 5 / rank^1.3 -> (1.3, 5.0, 1.0).
     """
     ranked = np.sort(scores[scores > 0])[::-1]  # (m,)
-    top = max(2, ranked.size // 2)
-    if ranked.size < 2:
-        return 0.0, float(np.log10(ranked[0])) if ranked.size else 0.0
-    ranks = np.arange(1, ranked.size + 1)[:top]
-    slope, intercept = np.polyfit(np.log10(ranks), np.log10(ranked[:top]), 1)
-    return float(slope), float(intercept)
+    alpha, r2, _ = observe.power_law_fit(ranked)
+    if not np.isfinite(alpha):
+        return float("nan"), float("nan"), float("nan")
+    ranks = np.unique(np.geomspace(1, ranked.size, observe.FIT_POINTS).astype(int))
+    scale = float(np.exp(np.mean(np.log(ranked[ranks - 1]) + alpha * np.log(ranks))))
+    return float(alpha), scale, float(r2)
 
 
 def cache_states(evicted_at: np.ndarray, t: int) -> np.ndarray:

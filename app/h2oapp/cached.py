@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
-from h2oapp import analysis, figures
-from h2osim.engine import ReplayConfig, ReplayResult, replay
+from h2oapp import analysis, figures, precompute
+from h2osim.engine import ReplayConfig, ReplayResult, add_gap_to_opt, replay, sweep
 from h2osim.policies import make_policy
 from h2osim.trace import Trace
 
@@ -80,7 +80,7 @@ def head_summary(key: TraceKey, layer: int, head: int, per_row: bool) -> dict[st
     trace = load_trace(key)
     matrix = trace.head_matrix(layer, head)  # (n, n)
     scores = analysis.accumulated_attention(matrix, per_row=per_row)  # (n,)
-    slope, intercept = analysis.power_law_fit(scores)
+    alpha, scale, r2 = analysis.power_law(scores)
     weights = analysis.log_weights(scores, decades=3.0)
     return {
         "scores": scores,
@@ -88,8 +88,9 @@ def head_summary(key: TraceKey, layer: int, head: int, per_row: bool) -> dict[st
         "sparsity": analysis.sparsity(matrix),
         "sink_mass": analysis.sink_mass(matrix),
         "top10_share": analysis.top_share(scores, 0.1),
-        "slope": slope,
-        "intercept": intercept,
+        "alpha": alpha,  # the estimator of python -m h2osim.observe
+        "scale": scale,
+        "r2": r2,
     }
 
 
@@ -138,6 +139,31 @@ def replay_result(
     )
 
 
+@st.cache_resource(max_entries=16, show_spinner=False)
+def _stored_cells(key: TraceKey) -> dict[str, dict[str, Any]]:
+    """The precomputed race cells of this trace file (:mod:`h2oapp.precompute`), read once."""
+    return precompute.read_store(precompute.file_sha256(key[0]))
+
+
+def precomputed_record(
+    key: TraceKey, policy: str, params: Params, budget: float, options: Options,
+    output_error: bool,
+) -> dict[str, Any] | None:  # fmt: skip
+    """The stored record of a race cell, when setup computed it (default parameters and
+    options only; stored with the output error, so it serves both choices)."""
+    if options != precompute.DEFAULT_OPTIONS or params != default_params(policy):
+        return None
+    record = _stored_cells(key).get(precompute.cell_key(policy, budget))
+    return None if record is None else dict(record)
+
+
+def default_params(policy: str) -> Params:
+    """A policy's parameters at their defaults, as :func:`controls.policy_parameters` gives them."""
+    from h2osim.policies import policy_class
+
+    return tuple(sorted((field.name, field.default) for field in policy_class(policy).parameters()))
+
+
 @st.cache_data(max_entries=1024, show_spinner=False)
 def race_record(
     key: TraceKey,
@@ -147,7 +173,51 @@ def race_record(
     options: Options,
     output_error: bool = False,
 ) -> dict[str, Any]:
-    """The summary row of one (policy, budget) replay, as ``ReplayResult.record()``."""
-    record = replay_result(key, policy, params, budget, options, output_error).record()
-    record["budget_requested"] = budget
+    """The record of one (policy, budget) cell of a race: the engine's :func:`sweep` (the
+    code path of ``python -m h2osim.replay --sweep``) over one policy and one budget, so
+    the app's rows are the CLI's rows (``budget_requested`` included)."""
+    precomputed = precomputed_record(key, policy, params, budget, options, output_error)
+    if precomputed is not None:
+        return precomputed
+    policy_instance = make_policy(policy, **dict(params))
+    config = replay_config(options, output_error)
+    (record,) = sweep(load_trace(key), [policy_instance], [budget], config=config)
     return record
+
+
+def fixed_budget(key: TraceKey, policy: str, params: Params) -> int | None:
+    """The budget ``policy`` sets itself on this trace (``Policy.fixed_budget``), or None
+    when it follows the race's budget; such a policy is replayed once, as ``sweep`` does."""
+    trace = load_trace(key)
+    return make_policy(policy, **dict(params)).fixed_budget(trace.n, trace.prompt_length)
+
+
+def race_records(
+    key: TraceKey,
+    policies: dict[str, Params],
+    budgets: list[float],
+    options: Options,
+    output_error: bool = False,
+    on_cell: Any = None,
+) -> list[dict[str, Any]]:
+    """The records of a race, cell by cell through :func:`race_record` (cached), the
+    cells chosen as :func:`h2osim.engine.sweep` chooses them, then
+    :func:`h2osim.engine.add_gap_to_opt`: the same rows and gaps as
+    ``python -m h2osim.replay TRACE --policy ... --sweep ... --json``.
+
+    ``on_cell(done, total, policy, budget)`` is called before each cell (progress).
+    ValueError names the policy that could not be replayed.
+    """
+    jobs = [(name, budget) for name, params in policies.items() for budget in budgets
+            if budget == budgets[0] or fixed_budget(key, name, params) is None]  # fmt: skip
+    records = []
+    for done, (name, budget) in enumerate(jobs):
+        if on_cell is not None:
+            on_cell(done, len(jobs), name, budget)
+        try:
+            records.append(race_record(key, name, policies[name], budget, options, output_error))
+        except ValueError as exc:
+            raise ValueError(f"cannot replay {name}: {exc}") from exc
+    records = [dict(record) for record in records]  # cached objects stay untouched
+    add_gap_to_opt(records)
+    return records

@@ -27,6 +27,7 @@ from PIL import Image
 
 from h2oapp.analysis import EVICTED, EVICTED_NOW, FUTURE, HEAVY, RECENT, STATE_NAMES
 from h2osim.plots import log_colour_limits
+from theory.bounds import ONE_MINUS_INV_E  # Nemhauser's (1 - 1/e) = 0.632..., one definition
 
 Spec = dict[str, Any]
 
@@ -141,9 +142,10 @@ def attention_heatmap(
 
 
 def power_law_chart(
-    scores: np.ndarray, tokens: Sequence[str], slope: float, intercept: float
+    scores: np.ndarray, tokens: Sequence[str], alpha: float, scale: float, score_label: str
 ) -> Spec:
-    """Accumulated attention sorted high to low against rank, both axes logarithmic."""
+    """Token scores sorted high to low against rank, both axes logarithmic, with the fit
+    ``scale * rank^(-alpha)`` (the estimator of ``python -m h2osim.observe``) dashed."""
     order = np.argsort(-scores, kind="stable")
     order = order[scores[order] > 0]
     labels = _token_labels(tokens)
@@ -151,13 +153,19 @@ def power_law_chart(
         "rank": np.arange(1, order.size + 1), "score": scores[order], "position": order,
         "token": [labels[position] for position in order],
     })  # fmt: skip
-    top = max(2, order.size // 2)
-    fit = [{"rank": 1, "score": 10**intercept}, {"rank": top, "score": 10**intercept * top**slope}]
-    x = _q("rank", "rank (by accumulated attention)", scale={"type": "log", "nice": False})
-    y = _q("score", "accumulated attention", scale={"type": "log", "nice": False})
-    tooltip = [_q("rank"), _n("token"), _q("position"), _q("score", format=".4g")]
+    last = max(2, order.size)
+    fitted = np.isfinite(alpha)
+    fit = (
+        [{"rank": 1, "score": scale}, {"rank": last, "score": scale * last**-alpha}]
+        if fitted
+        else []
+    )
+    x = _q("rank", f"rank (by {score_label})", scale={"type": "log", "nice": False})
+    y = _q("score", score_label, scale={"type": "log", "nice": False})
+    tooltip = [_n("token"), _q("rank"), _q("position"), _q("score", score_label, format=".4g")]
+    title = f"power law? exponent alpha = {alpha:.2f} (dashed fit)" if fitted else "power law?"
     return {
-        "title": f"power law? fitted slope {slope:.2f} (dashed line)",
+        "title": title,
         "height": 300,
         "datasets": {"points": points, "fit": fit},
         "layer": [
@@ -360,14 +368,22 @@ def _escape(piece: str) -> str:
     return html.escape(piece).replace("\n", "↵<br>")
 
 
-def weighted_tokens_html(tokens: Sequence[str], weights: np.ndarray, scores: np.ndarray) -> str:
-    """Text with each token's background as orange as its weight in [0, 1]; hover for its score."""
+def weighted_tokens_html(
+    tokens: Sequence[str], weights: np.ndarray, scores: np.ndarray,
+    score_label: str = "accumulated attention",
+) -> str:  # fmt: skip
+    """Text with each token's background as orange as its weight in [0, 1]; hovering a
+    token shows its text, position, score and rank (1 = highest score)."""
+    ranks = np.empty(scores.size, dtype=np.int64)
+    ranks[np.argsort(-scores, kind="stable")] = np.arange(1, scores.size + 1)
     spans = []
     for position, (piece, weight, score) in enumerate(zip(tokens, weights, scores, strict=True)):
         alpha = float(np.clip(weight, 0.0, 1.0))
         colour = "#000" if alpha < 0.6 else "#fff"
+        tip = html.escape(f"{piece!r} (token {position}): {score_label} {score:.3g}, "
+                          f"rank {ranks[position]} of {scores.size}", quote=True)  # fmt: skip
         spans.append(
-            f'<span title="token {position}: {score:.3g}" style="background: rgba(217, 95, 2, '
+            f'<span title="{tip}" style="background: rgba(217, 95, 2, '
             f'{alpha:.2f}); color: {colour}; white-space: pre-wrap">{_escape(piece)}</span>'
         )
     return _text_box("".join(spans))
@@ -428,7 +444,6 @@ def running_perplexity_chart(logprobs: Mapping[str, np.ndarray], budget: int) ->
 
 
 # ----------------------------------------------------------------- theory lab
-ONE_MINUS_INV_E = 1.0 - float(np.exp(-1.0))  # Nemhauser's (1 - 1/e) = 0.632...
 
 
 def greedy_chart(greedy_values: Sequence[float], optimal_values: Sequence[float]) -> Spec:

@@ -106,27 +106,20 @@ second_metric = st.radio(
 )  # fmt: skip
 output_error = second_metric == "output_error" and trace.has_values
 
-jobs = [(name, budget) for name in chosen for budget in budgets]
 progress = st.progress(0.0, text="Replaying ...")
-records = []
-try:
-    for done, (name, budget) in enumerate(jobs, start=1):
-        if name == "full" and budget != budgets[0]:
-            continue  # keeps everything: one replay is the whole curve
-        records.append(cached.race_record(key, name, params[name], budget, options, output_error))
-        progress.progress(done / len(jobs), text=f"Replayed {name} at budget {budget:.2f}")
+
+
+def _report(done: int, total: int, name: str, budget: float) -> None:
+    progress.progress(done / total, text=f"Replaying {name} at budget {budget:.2f}")
+
+
+try:  # the engine's sweep cell by cell (cached), then its gap to opt: the CLI's numbers
+    records = cached.race_records(key, params, budgets, options, output_error, _report)
 except ValueError as exc:
     progress.empty()
-    st.error(f"Cannot replay {name} with these settings: {exc}")
+    st.error(f"Cannot replay with these settings: {exc}")
     st.stop()
 progress.empty()
-
-optimum_mass = {
-    r["budget_requested"]: r["retained_mass"] for r in records if r["policy"] == OPTIMUM
-}
-for record in records:
-    best = optimum_mass.get(record["budget_requested"])
-    record["gap_to_opt"] = None if best is None else best - record["retained_mass"]
 
 online_chosen = [name for name in chosen if name not in offline]
 shade = None

@@ -59,6 +59,7 @@ per_row = (
     == "per row seen"
 )
 
+score_label = "attention per row seen" if per_row else "accumulated attention"
 summary = cached.head_summary(key, layer, head, per_row)
 metrics = st.columns(4)
 metrics[0].metric(
@@ -74,8 +75,9 @@ metrics[2].metric(
     help="Share of the accumulated attention held by the 10% highest-scored tokens.",
 )  # fmt: skip
 metrics[3].metric(
-    "Power-law slope", f"{summary['slope']:.2f}",
-    help="Slope of log(score) vs log(rank) over the top half of the tokens.",
+    "Power-law exponent α", f"{summary['alpha']:.2f}",
+    help=f"score ~ rank^(-α), fitted on log-spaced ranks of the {score_label} (R² = "
+    f"{summary['r2']:.2f}); the same estimator as `python -m h2osim.observe`.",
 )  # fmt: skip
 
 left, right = st.columns([1.25, 1])
@@ -89,14 +91,16 @@ with left:
     )
 with right:
     st.markdown(
-        "**The text, each token as orange as its accumulated attention** (log scale over three decades: white = under 1/1000 of the top token; hover for the score)"
+        f"**The text, each token as orange as its {score_label}** (log scale over three "
+        "decades: white = under 1/1000 of the top token; hover a token for its score and rank)"
     )
-    st.html(figures.weighted_tokens_html(trace.tokens, summary["weights"], summary["scores"]))
+    st.html(figures.weighted_tokens_html(trace.tokens, summary["weights"], summary["scores"],
+                                         score_label))  # fmt: skip
 
 left, right = st.columns(2)
 left.vega_lite_chart(
     spec=figures.power_law_chart(
-        summary["scores"], trace.tokens, summary["slope"], summary["intercept"]
+        summary["scores"], trace.tokens, summary["alpha"], summary["scale"], score_label
     ),
     width="stretch",
 )

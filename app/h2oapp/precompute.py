@@ -1,0 +1,122 @@
+"""Race results of the shipped traces, computed once at setup and read by the app.
+
+``make setup`` (scripts/setup.sh) runs ``python app/h2oapp/precompute.py``: every policy of
+the classroom set (and any others asked for) at every budget of the Policy race, with the
+attention-output error, replayed through :func:`h2osim.engine.sweep` on each shipped
+trace. The records go to one JSON file per trace (pickle-free, written atomically by
+:func:`h2osim.files.write_json`), named by the trace file's SHA-256, so a changed trace
+simply misses and is replayed live. The app's cached race cell
+(:func:`h2oapp.cached.race_record`) looks here first.
+
+Simplification: only each policy's default parameters and the default replay options
+(sum aggregation, streamed prompt, renormalised observation) are stored; anything else
+is replayed on demand (and then kept by Streamlit's cache).
+
+    python app/h2oapp/precompute.py                 # shipped traces, classroom policies
+    python app/h2oapp/precompute.py --all-policies  # every registered policy (slower)
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, str(REPO_ROOT))
+
+from h2osim.engine import ReplayConfig, sweep  # noqa: E402
+from h2osim.files import write_json  # noqa: E402
+from h2osim.policies import make_policy, policy_names  # noqa: E402
+from h2osim.trace import Trace  # noqa: E402
+
+FORMAT = "h2osim-app-race/1"
+BUDGET_GRID = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)  # the race's pills
+CLASSROOM = ("full", "window", "sink", "heavy", "h2o", "opt")  # the default policy set
+DEFAULT_OPTIONS = ("sum", "stream", "renormalized")
+
+
+def store_folder() -> Path:
+    """``$H2OSIM_APP_CACHE`` or ``.cache/app-race`` in the repository (git-ignored)."""
+    return Path(os.environ.get("H2OSIM_APP_CACHE", REPO_ROOT / ".cache" / "app-race"))
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def store_path(sha256: str) -> Path:
+    return store_folder() / f"{sha256[:24]}.json"
+
+
+def cell_key(policy: str, budget: float) -> str:
+    """The key of one cell. Example: ("h2o", 0.2) -> "h2o@0.2"."""
+    return f"{policy}@{float(budget):g}"
+
+
+def read_store(sha256: str) -> dict[str, dict[str, Any]]:
+    """The stored cells of the trace with this SHA-256 (empty when none or unreadable)."""
+    path = store_path(sha256)
+    try:
+        payload = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if payload.get("format") != FORMAT or payload.get("trace_sha256") != sha256:
+        return {}
+    return payload.get("records", {})
+
+
+def precompute(
+    trace_path: Path, policies: Sequence[str], budgets: Sequence[float] = BUDGET_GRID
+) -> Path:
+    """Replay ``policies`` x ``budgets`` on one trace (with the output error) and store them."""
+    trace = Trace.load(trace_path)
+    sha = file_sha256(trace_path)
+    config = ReplayConfig(*DEFAULT_OPTIONS, output_error=True)
+    records: dict[str, dict[str, Any]] = {}
+    for name in policies:
+        policy = make_policy(name)
+        for record in sweep(trace, [policy], list(budgets), config=config):
+            records[cell_key(name, record["budget_requested"])] = record
+    path = store_path(sha)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, {"format": FORMAT, "trace": trace_path.name, "trace_sha256": sha,
+                      "options": DEFAULT_OPTIONS, "records": records})  # fmt: skip
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("traces", nargs="*", type=Path,
+                        help="trace files (default: every *.npz in traces/)")  # fmt: skip
+    parser.add_argument("--all-policies", action="store_true",
+                        help="every registered policy, not only the classroom set")  # fmt: skip
+    args = parser.parse_args(argv)
+    from h2osim.cli import limit_threads
+
+    limit_threads()
+    traces = args.traces or sorted(
+        Path(os.environ.get("H2OSIM_TRACE_DIR", REPO_ROOT / "traces")).glob("*.npz")
+    )
+    names = policy_names() if args.all_policies else [n for n in CLASSROOM if n in policy_names()]
+    for path in traces:
+        started = time.perf_counter()
+        written = precompute(path, names)
+        print(f"{path.name}: {len(names)} policies x {len(BUDGET_GRID)} budgets -> {written} "
+              f"({time.perf_counter() - started:.1f} s)")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
