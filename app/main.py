@@ -18,8 +18,9 @@ from h2osim.cli import limit_threads  # noqa: E402
 limit_threads()  # one BLAS thread: many small products per replay (see h2osim.cli)
 pages = [
     st.Page(
-        "views/trace_explorer.py", title="Trace explorer", icon=":material/grid_on:", default=True
+        "views/by_hand.py", title="Algorithm 1 by hand", icon=":material/edit_note:", default=True
     ),
+    st.Page("views/trace_explorer.py", title="Trace explorer", icon=":material/grid_on:"),
     st.Page("views/eviction_dynamics.py", title="Eviction dynamics", icon=":material/animation:"),
     st.Page("views/policy_race.py", title="Policy race", icon=":material/sports_score:"),
     st.Page("views/theory_lab.py", title="Theory lab", icon=":material/functions:"),

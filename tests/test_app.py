@@ -26,6 +26,7 @@ sys.path.insert(0, str(REPO_ROOT / "app"))  # the app's helper package, h2oapp
 from h2oapp import controls, live_runs  # noqa: E402
 
 TIMEOUT = 60  # seconds per run: generous, the test machines are shared
+BY_HAND = "views/by_hand.py"
 TRACE_EXPLORER = "views/trace_explorer.py"
 EVICTION_DYNAMICS = "views/eviction_dynamics.py"
 POLICY_RACE = "views/policy_race.py"
@@ -54,7 +55,7 @@ def app(trace_folder, monkeypatch) -> AppTest:
 
 def open_page(app: AppTest, page: str) -> AppTest:
     app.run()
-    if page != TRACE_EXPLORER:
+    if page != BY_HAND:
         app.switch_page(page).run()
     assert not app.exception, app.exception
     return app
@@ -82,7 +83,7 @@ def test_trace_explorer_shows_heatmap_text_and_charts(app):
     assert len(charts(app)) == 3  # heatmap, power law, attention sink
     assert b"data:image/png;base64," in heatmap(app)
     assert [m.label for m in app.metric] == ["Sparsity", "Attention-sink mass",
-                                             "Top 10% of tokens hold", "Power-law slope"]  # fmt: skip
+                                             "Top 10% of tokens hold", "Power-law exponent α"]  # fmt: skip
     assert "<span" in app.get("html")[0].value  # the coloured text
     assert app.sidebar.selectbox(key="trace").value.endswith("a-tiny.npz")
 
@@ -98,6 +99,9 @@ def test_trace_explorer_widgets_change_the_output(app):
     assert heatmap(app) != after_head[0]
     app.radio(key="te_score").set_value("per row seen").run()
     assert metric_values(app)[2] != after_head[1][2]  # the top-10% share
+    power_law = charts(app)[1]  # its axis and tooltip say what the score is
+    assert b"attention per row seen" in power_law and b"accumulated attention" not in power_law
+    assert any("orange as its attention per row seen" in m.value for m in app.markdown)
     assert not app.exception
 
 
@@ -147,6 +151,22 @@ def test_eviction_dynamics_step_and_play(app):
     assert not app.exception
 
 
+def test_eviction_dynamics_left_mid_play_comes_back_where_it_was(app):
+    """Leaving the page while playing and coming back keeps the step, paused (it used
+    to land on the last step)."""
+    open_page(app, EVICTION_DYNAMICS)
+    app.slider(key="dyn_step").set_value(20).run()
+    app.button(key="dyn_play").click().run()  # one frame: step 20 + speed
+    step = app.slider(key="dyn_step").value
+    assert app.session_state["dyn_playing"] and step > 20
+    app.switch_page(POLICY_RACE).run()
+    app.switch_page(EVICTION_DYNAMICS).run()
+    assert not app.exception
+    assert app.slider(key="dyn_step").value == step
+    assert not app.session_state["dyn_playing"]
+    assert app.button(key="dyn_play").label == "play"
+
+
 def test_eviction_dynamics_policy_choice_and_output_error(app):
     open_page(app, EVICTION_DYNAMICS)
     assert metric_values(app)[2] == "off"
@@ -171,8 +191,12 @@ def test_eviction_dynamics_bad_parameter_is_a_message_not_a_crash(app):
 def test_policy_race_pickers_read_the_registry(app):
     open_page(app, POLICY_RACE)
     picker = app.multiselect(key="race_policies")
+    classroom = ["full", "window", "sink", "heavy", "h2o", "opt"]
+    assert picker.options == [controls.policy_short_label(name) for name in classroom]
+    assert picker.value == classroom  # the default classroom set
+    app.sidebar.toggle(key="advanced").set_value(True).run()  # every registered policy
+    picker = app.multiselect(key="race_policies")
     assert picker.options == [controls.policy_short_label(name) for name in policy_names()]
-    assert set(picker.value) >= {"h2o", "window"}
 
 
 def test_policy_race_budgets_and_policies_change_curves_and_table(app):
@@ -180,11 +204,12 @@ def test_policy_race_budgets_and_policies_change_curves_and_table(app):
     assert app.title[0].value == "Policy race"
     table = app.dataframe[0].value
     chosen = app.multiselect(key="race_policies").value
-    assert len(table) == len(chosen) * 4  # four default budgets
+    assert len(table) == (len(chosen) - 1) * 4 + 1  # four default budgets; full once
     charts_before = charts(app)
     app.pills(key="race_budgets").select(0.6).run()
-    assert len(app.dataframe[0].value) == len(chosen) * 5
+    assert len(app.dataframe[0].value) == (len(chosen) - 1) * 5 + 1
     assert charts(app) != charts_before
+    app.sidebar.toggle(key="advanced").set_value(True).run()
     app.multiselect(key="race_policies").select("tova").run()
     assert "tova" in set(app.dataframe[0].value["policy"])
     assert app.get("download_button")
@@ -214,6 +239,7 @@ def test_policy_race_gap_to_opt_is_the_cli_gap_for_every_policy(app, trace_folde
     """The race's rows and gaps are those of ``python -m h2osim.replay --sweep --json``:
     h2o-mask / h2o-drop (own budget, prompt in full) get no gap against a streamed opt."""
     open_page(app, POLICY_RACE)
+    app.sidebar.toggle(key="advanced").set_value(True).run()
     app.multiselect(key="race_policies").set_value(policy_names())
     app.pills(key="race_budgets").set_value([0.2, 0.5]).run()
     assert not app.exception
@@ -337,9 +363,19 @@ def test_upload_of_a_bad_file_is_a_friendly_message(app):
     )
     app.run()
     assert not app.exception
-    assert "broken.npz is not a valid h2osim trace" in app.sidebar.error[0].value
+    message = app.sidebar.error[0].value
+    assert "broken.npz is not a valid h2osim trace" in message
+    assert str(controls.UPLOAD_FOLDER) not in message and "h2osim-uploads" not in message
     assert app.sidebar.selectbox(key="trace").value == chosen
     assert len(charts(app)) == 3  # the page still shows the chosen trace
+
+
+def test_upload_error_names_the_file_not_the_server_path():
+    """The reason from the loader names the server's temp file; the user sees theirs."""
+    path = controls.UPLOAD_FOLDER / "0123456789abcdef0123.npz"
+    message = f"{path}: File is not a zip file (in {path.parent})"
+    cleaned = controls.without_server_paths(message, path, "mine.npz")
+    assert cleaned == "mine.npz: File is not a zip file (in mine.npz)"
 
 
 def test_upload_over_the_size_limit_is_refused(app, trace_folder, monkeypatch):
@@ -381,6 +417,7 @@ def test_every_registered_policy_runs_on_the_dynamics_page(app):
     """The pickers read the registry, so every policy, new ones included, must work here
     (or say why not, without an exception)."""
     open_page(app, EVICTION_DYNAMICS)
+    app.sidebar.toggle(key="advanced").set_value(True).run()
     for name in policy_names():
         app.selectbox(key="dyn_policy_b").set_value(name).run()
         assert not app.exception, (name, app.exception)

@@ -99,15 +99,23 @@ def heatmap_spec(key: TraceKey, layer: int, head: int, log_scale: bool) -> figur
     """The Vega-Lite spec of one head's attention heatmap (its PNG inside)."""
     trace = load_trace(key)
     title = f"layer {layer}, query head {head} (KV head {trace.head_map[head]})"
-    return figures.attention_heatmap(
-        trace.head_matrix(layer, head), trace.prompt_length, log_scale=log_scale, title=title
-    )
+    return figures.attention_heatmap(trace.head_matrix(layer, head), trace.prompt_length,
+                                     log_scale=log_scale, title=title, tokens=trace.tokens)  # fmt: skip
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def sink_column(key: TraceKey, layer: int, head: int) -> np.ndarray:
     """Attention of every row on token 0, ``(n,)``, as a dense matrix column."""
     return load_trace(key).head_matrix(layer, head)[:, 0]
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def unit_accumulated(key: TraceKey, options: Options, unit: int) -> np.ndarray:
+    """``(n, n)`` float32: row t holds every token's accumulated attention from the unit's
+    full-cache rows 0..t (its query heads combined as the replay combines them), the
+    score the tooltips show."""
+    layout = replay_config(options).layout(load_trace(key))
+    return np.cumsum(layout.matrix(unit), axis=0, dtype=np.float64).astype(np.float32)
 
 
 # ----------------------------------------------------------------- replays

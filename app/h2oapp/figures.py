@@ -38,8 +38,37 @@ STATE_COLOURS = {
     RECENT: "#4c8fd6",
     HEAVY: "#f28e2b",
 }
-POLICY_COLOURS = ("#1b9e77", "#7b3294", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666",
-                  "#1f78b4", "#b2df8a", "#fb9a99", "#cab2d6", "#ff7f00")  # fmt: skip
+# One colour per policy on every page (a policy keeps its colour whatever else is shown).
+# Offline oracles (opt, belady, the topk bound) are drawn dashed as well.
+POLICY_COLOURS = {
+    "full": "#555555", "window": "#1f78b4", "sink": "#33a02c", "heavy": "#b15928",
+    "h2o": "#e7298a", "opt": "#111111", "topk": "#111111", "belady": "#6a3d9a",
+}  # fmt: skip
+OTHER_COLOURS = ("#ff7f00", "#a6cee3", "#b2df8a", "#fb9a99", "#cab2d6", "#fdbf6f", "#8dd3c7",
+                 "#bebada", "#80b1d3", "#fccde5", "#bc80bd", "#ccebc5", "#ffed6f")  # fmt: skip
+DASHED = {"opt": [6, 3], "belady": [6, 3], "topk": [2, 2]}
+GAP_COLOUR = "#f28e2b"
+
+
+def policy_colour(label: str) -> str:
+    """The colour of a policy (``"h2o"``, or a label such as ``"h2o (left)"``): fixed for
+    the classroom set, and for the other registered policies by their place in the
+    registry, so it is the same on every page."""
+    from h2osim.policies import policy_names
+
+    name = label.split(" ")[0]
+    if name in POLICY_COLOURS:
+        return POLICY_COLOURS[name]
+    others = [n for n in policy_names() if n not in POLICY_COLOURS]
+    index = others.index(name) if name in others else len(others)
+    return OTHER_COLOURS[index % len(OTHER_COLOURS)]
+
+
+def policy_dash(label: str) -> list[int]:
+    """Stroke dash of a policy's line: dashed for offline oracles, solid otherwise."""
+    return DASHED.get(label.split(" ")[0], [1, 0])
+
+
 MAX_HEATMAP_PIXELS = 400  # about the drawn size: longer traces are max-pooled in blocks so
 # a one-token heavy-hitter stripe stays visible instead of falling between screen pixels
 
@@ -56,11 +85,20 @@ def _n(field: str, **extra: Any) -> dict[str, Any]:
     return {"field": field, "type": "nominal", **extra}
 
 
-def _policy_colour(policies: Sequence[str]) -> dict[str, Any]:
-    """The same policy gets the same colour in every chart of a page."""
-    palette = [POLICY_COLOURS[i % len(POLICY_COLOURS)] for i in range(len(policies))]
-    return _n("policy", scale={"domain": list(policies), "range": palette},
-              legend={"orient": "bottom", "title": None})  # fmt: skip
+def _policy_colour(
+    policies: Sequence[str], extra: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """The policy colour channel: each policy's own colour (:func:`policy_colour`);
+    ``extra`` adds legend entries (label -> colour), such as the shaded gap."""
+    domain = list(policies) + list(extra or {})
+    palette = [policy_colour(p) for p in policies] + list((extra or {}).values())
+    return _n("policy", scale={"domain": domain, "range": palette},
+              legend={"orient": "bottom", "title": None, "labelLimit": 260})  # fmt: skip
+
+
+def _policy_dash(policies: Sequence[str]) -> dict[str, Any]:
+    return _n("policy", scale={"domain": list(policies), "range": [policy_dash(p) for p in policies]},
+              legend=None)  # fmt: skip
 
 
 def _token_labels(tokens: Sequence[str]) -> list[str]:
@@ -90,13 +128,42 @@ def heatmap_png(matrix: np.ndarray, low: float, high: float, log_scale: bool) ->
     return buffer.getvalue()
 
 
+HOVER_GRID = 96  # the heatmap's tooltips: at most this many cells per side
+
+
+def heatmap_cells(
+    matrix: np.ndarray, tokens: Sequence[str] | None, grid: int = HOVER_GRID
+) -> list[dict[str, Any]]:
+    """Hover cells of the heatmap: one per block of ``ceil(n / grid)`` rows x columns on
+    or below the diagonal, each naming its strongest entry: query t and key j with their
+    token text and the attention value. Example: n=2, grid 2 -> cells (0,0), (1,0), (1,1).
+    """
+    n = matrix.shape[0]
+    block = -(-n // grid)
+    labels = _token_labels(tokens) if tokens is not None else [str(j) for j in range(n)]
+    causal = np.where(np.tri(n, dtype=bool), matrix, -1.0)
+    cells = []
+    for top in range(0, n, block):
+        for left in range(0, top + 1, block):
+            part = causal[top : top + block, left : left + block]
+            row, column = np.unravel_index(int(np.argmax(part)), part.shape)
+            t, j = top + int(row), left + int(column)
+            cells.append({"x": left, "x2": min(n, left + block), "y": top, "y2": min(n, top + block),
+                          "query": f"t = {t}: {labels[t]}", "key": f"j = {j}: {labels[j]}",
+                          "attention": float(matrix[t, j])})  # fmt: skip
+    return cells
+
+
 def attention_heatmap(
-    matrix: np.ndarray, prompt_length: int, *, log_scale: bool = True, title: str = ""
-) -> Spec:
+    matrix: np.ndarray, prompt_length: int, *, log_scale: bool = True, title: str = "",
+    tokens: Sequence[str] | None = None,
+) -> Spec:  # fmt: skip
     """The causal ``(n, n)`` attention matrix: query step t down, key position j across.
 
     The upper triangle (future keys) is blank. Heavy hitters show as bright vertical
-    stripes: keys that many later queries attend to.
+    stripes: keys that many later queries attend to. Hovering names query t and key j,
+    their tokens and the attention (the strongest entry of a block on long traces); the
+    image itself carries no tooltip (its data URL is not for reading).
     """
     n = matrix.shape[0]
     causal_values = matrix[np.tri(n, dtype=bool)]
@@ -115,13 +182,20 @@ def attention_heatmap(
             "data": {"name": "image"},
             "mark": {"type": "image", "width": {"expr": "width"}, "height": {"expr": "height"},
                      "align": "left", "baseline": "top", "aspect": False, "smooth": False},
-            "encoding": {"x": axis_x, "y": axis_y, "url": _n("url")},
+            "encoding": {"x": axis_x, "y": axis_y, "url": _n("url"), "tooltip": None},
+        },
+        {  # transparent hover cells that carry the tooltips
+            "data": {"name": "cells"},
+            "mark": {"type": "rect", "opacity": 0, "tooltip": True},
+            "encoding": {"x": _q("x"), "x2": {"field": "x2"}, "y": _q("y"), "y2": {"field": "y2"},
+                         "tooltip": [_n("query", title="query"), _n("key", title="key"),
+                                     _q("attention", format=".4f")]},
         },
         {  # invisible points that only carry the colour scale, for its legend
             "data": {"name": "legend"},
             "mark": {"type": "point", "opacity": 0},
             "encoding": {
-                "x": _q("x"), "y": _q("y"),
+                "x": _q("x"), "y": _q("y"), "tooltip": None,
                 "color": _q("p", "attention" + (" (log)" if log_scale else ""), scale={
                     "type": "log" if log_scale else "linear", "domain": [low, high], "scheme": "magma"}),
             },
@@ -129,6 +203,7 @@ def attention_heatmap(
     ]  # fmt: skip
     datasets = {
         "image": [{"x": 0, "y": 0, "url": url}],
+        "cells": heatmap_cells(matrix, tokens),
         "legend": [{"x": 0, "y": 0, "p": low}, {"x": 0, "y": 0, "p": high}],
     }
     if prompt_length < n:
@@ -216,14 +291,58 @@ def _segments(codes: np.ndarray) -> list[tuple[int, int, int]]:
     return [(int(s), int(e), int(codes[s])) for s, e in zip(starts, ends, strict=True)]
 
 
-def token_strip(states: Mapping[str, np.ndarray], t: int) -> Spec:
-    """One strip per policy: every token's cache state when row t is served."""
+def token_tooltips(
+    tokens: Sequence[str], scores: np.ndarray | None, t: int,
+    evicted_at: np.ndarray | None = None, states: np.ndarray | None = None,
+) -> list[str]:  # fmt: skip
+    """One line per token 0..t: text, position, accumulated score and its rank among the
+    tokens so far, and the cache state (with the step it was evicted at).
+
+    Example: "' park' (token 7): score 0.20, rank 5 of 8; kept: recent run".
+    """
+    lines = []
+    ranks = np.zeros(t + 1, dtype=np.int64)
+    if scores is not None:
+        ranks[np.argsort(-np.asarray(scores[: t + 1]), kind="stable")] = np.arange(1, t + 2)
+    for j in range(t + 1):
+        line = f"{tokens[j]!r} (token {j})"
+        if scores is not None:
+            line += f": score {float(scores[j]):.3g}, rank {ranks[j]} of {t + 1}"
+        if states is not None:
+            state = STATE_NAMES[int(states[j])]
+            if evicted_at is not None and int(states[j]) in (EVICTED, EVICTED_NOW):
+                state = f"evicted at step {int(evicted_at[j])}"
+            line += f"; {state}"
+        lines.append(line)
+    return lines
+
+
+def token_strip(
+    states: Mapping[str, np.ndarray], t: int, tokens: Sequence[str] | None = None,
+    scores: np.ndarray | None = None, evicted_at: Mapping[str, np.ndarray] | None = None,
+) -> Spec:  # fmt: skip
+    """One strip per policy: every token's cache state when row t is served.
+
+    With ``tokens``, tokens 0..t are one mark each and the tooltip says the token's text,
+    its accumulated score and rank (``scores``, the rows 0..t) and its state; tokens after
+    t (not generated yet) stay one grey block.
+    """
     rows = []
     for label, codes in states.items():
-        for start, end, code in _segments(codes):
-            tokens = f"token {start}" if end - start == 1 else f"tokens {start}-{end - 1}"
-            rows.append({"policy": label, "start": start, "end": end,
-                         "state": STATE_NAMES[code], "tokens": tokens})  # fmt: skip
+        if tokens is None:
+            for start, end, code in _segments(codes):
+                what = f"token {start}" if end - start == 1 else f"tokens {start}-{end - 1}"
+                rows.append({"policy": label, "start": start, "end": end,
+                             "state": STATE_NAMES[code], "tokens": what})  # fmt: skip
+            continue
+        left = None if evicted_at is None else evicted_at[label]
+        tips = token_tooltips(tokens, scores, t, left, codes)
+        for j in range(t + 1):
+            rows.append({"policy": label, "start": j, "end": j + 1,
+                         "state": STATE_NAMES[int(codes[j])], "tokens": tips[j]})  # fmt: skip
+        if t + 1 < codes.size:
+            rows.append({"policy": label, "start": t + 1, "end": int(codes.size),
+                         "state": STATE_NAMES[FUTURE], "tokens": f"tokens {t + 1}-{codes.size - 1}"})  # fmt: skip
     n = int(next(iter(states.values())).size)
     codes = sorted(STATE_COLOURS)
     colour = _n("state", scale={"domain": [STATE_NAMES[c] for c in codes],
@@ -240,7 +359,7 @@ def token_strip(states: Mapping[str, np.ndarray], t: int) -> Spec:
                  "x2": {"field": "end"},
                  "y": _n("policy", title=None, sort=list(states)),
                  "color": colour,
-                 "tooltip": [_n("policy"), _n("tokens"), _n("state")],
+                 "tooltip": [_n("tokens", title="token"), _n("policy")],
              }},
             {"data": {"name": "now"}, "mark": {"type": "rule", "color": "black", "strokeWidth": 1.5},
              "encoding": {"x": _q("x")}},
@@ -339,27 +458,32 @@ def race_chart(
     counts = data.groupby("policy")["budget"].transform("count")
     x = _q("budget", "budget (share of the sequence kept)")
     tooltip = [_n("policy"), _q("budget", format=".2f"), _q("k"), _q(label, format=".4f")]
-    colour = _policy_colour(policies)
+    wide = data[counts > 1].pivot_table(index="budget", columns="policy", values=label)
+    gapped = bool(shade and shade != optimum and shade in wide and optimum in wide)
+    gap_label = f"gap {shade} to {optimum} (shaded)"
+    colour = _policy_colour(policies, {gap_label: GAP_COLOUR} if gapped else None)
+    dash = _policy_dash(policies)
     layers: list[Spec] = [
         {"data": {"name": "curves"}, "mark": {"type": "line", "point": True},
-         "encoding": {"x": x, "y": _q(label, label, scale={"zero": False}), "color": colour, "tooltip": tooltip}},
+         "encoding": {"x": x, "y": _q(label, label, scale={"zero": False}), "color": colour,
+                      "strokeDash": dash, "tooltip": tooltip}},
         {"data": {"name": "flat"}, "mark": {"type": "rule", "strokeDash": [5, 3]},
          "encoding": {"y": _q(label), "color": colour, "tooltip": tooltip}},
     ]  # fmt: skip
     datasets: dict[str, Any] = {"curves": data[counts > 1], "flat": data[counts == 1]}
-    if shade and shade != optimum:
-        wide = data[counts > 1].pivot_table(index="budget", columns="policy", values=label)
-        if shade in wide and optimum in wide:
-            gap = wide[[shade, optimum]].dropna().reset_index()
-            gap.columns = ["budget", "policy value", "optimum value"]
-            datasets["gap"] = gap
-            layers.insert(0, {
-                "data": {"name": "gap"}, "mark": {"type": "area", "color": "#f28e2b", "opacity": 0.25},
-                "encoding": {"x": x, "y": _q("policy value", label), "y2": {"field": "optimum value"},
-                             "tooltip": [_q("budget", format=".2f"),
-                                         _q("policy value", shade, format=".4f"),
-                                         _q("optimum value", optimum, format=".4f")]},
-            })  # fmt: skip
+    if gapped:
+        gap = wide[[shade, optimum]].dropna().reset_index()
+        gap.columns = ["budget", "policy value", "optimum value"]
+        gap["policy"] = gap_label  # its own legend entry
+        datasets["gap"] = gap
+        layers.insert(0, {
+            "data": {"name": "gap"}, "mark": {"type": "area", "opacity": 0.25},
+            "encoding": {"x": x, "y": _q("policy value", label), "y2": {"field": "optimum value"},
+                         "color": colour,
+                         "tooltip": [_q("budget", format=".2f"),
+                                     _q("policy value", shade, format=".4f"),
+                                     _q("optimum value", optimum, format=".4f")]},
+        })  # fmt: skip
     return {"title": f"{label} vs budget", "height": 340, "datasets": datasets, "layer": layers}
 
 
@@ -389,17 +513,23 @@ def weighted_tokens_html(
     return _text_box("".join(spans))
 
 
-def cache_text_html(tokens: Sequence[str], states: np.ndarray, t: int) -> str:
-    """Tokens 0..t styled by cache state: kept (recent blue, older orange), evicted struck."""
+def cache_text_html(
+    tokens: Sequence[str], states: np.ndarray, t: int, scores: np.ndarray | None = None,
+    evicted_at: np.ndarray | None = None,
+) -> str:  # fmt: skip
+    """Tokens 0..t styled by cache state: kept (recent blue, older orange), evicted struck;
+    hovering a token shows its text, score, rank and state (:func:`token_tooltips`)."""
     styles = {
         EVICTED: "color: #999; text-decoration: line-through",
         EVICTED_NOW: "color: #fff; background: #d62728; text-decoration: line-through",
         RECENT: "background: rgba(76, 143, 214, 0.30)",
         HEAVY: "background: rgba(242, 142, 43, 0.55)",
     }
+    tips = token_tooltips(tokens, scores, t, evicted_at, states)
     spans = [
-        f'<span title="token {position}" style="{styles[int(states[position])]}; '
-        f'white-space: pre-wrap">{_escape(tokens[position])}</span>'
+        f'<span title="{html.escape(tips[position], quote=True)}" '
+        f'style="{styles[int(states[position])]}; white-space: pre-wrap">'
+        f"{_escape(tokens[position])}</span>"
         for position in range(t + 1)
     ]
     return _text_box("".join(spans))

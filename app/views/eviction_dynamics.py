@@ -5,18 +5,21 @@ from h2oapp import analysis, cached, figures
 from h2oapp.controls import (
     PAPER,
     default,
+    offered,
     page_intro,
+    parse_float,
+    player,
     policy_label,
     policy_parameters,
+    presenter,
     replay_options,
+    share_state,
     trace_picker,
     unit_name,
+    url_value,
 )
 
 from h2osim.engine import resolve_budget
-from h2osim.policies import policy_names
-
-FRAME_SECONDS = 0.6  # one animation frame; each frame advances "steps per frame" tokens
 
 page_intro(
     "Eviction dynamics",
@@ -28,19 +31,27 @@ recent tokens; a plain **window** keeps only the newest. Press play and watch th
 strip: blue tokens are the recent run, orange ones are older tokens a policy chose to
 keep, red is the token evicted at this step. Below, the share of each row's attention
 that still lands on kept tokens (**retained mass**) and when every token left.""",
+    page="dynamics",
 )
 
 key = trace_picker()
 if key is None:
     st.stop()
 trace = cached.load_trace(key)
-names = policy_names()
-default("dyn_policy_a", "h2o" if "h2o" in names else names[0])
-default("dyn_policy_b", "window" if "window" in names else names[-1])
+from_url = (url_value("policies") or "").split(",")
+for slot, wanted in zip(("dyn_policy_a", "dyn_policy_b"), from_url, strict=False):
+    if wanted in offered([]):
+        st.session_state[slot] = wanted
+url_budget = parse_float(url_value("budget"))
+if url_budget is not None:  # the slider's grid: 0.05 .. 1 in steps of 0.05
+    st.session_state["dyn_budget"] = min(1.0, max(0.05, round(url_budget * 20) / 20))
+default("dyn_policy_a", "h2o")
+default("dyn_policy_b", "window")
 default("dyn_budget", 0.2)
-default("dyn_playing", False)
+names = offered([st.session_state["dyn_policy_a"], st.session_state["dyn_policy_b"]])
 
-columns = st.columns([1, 1, 1])
+panel = st.sidebar if presenter() else st.container()  # presenter: controls in the sidebar
+columns = [panel] * 3 if presenter() else panel.columns([1, 1, 1])
 policy_a = columns[0].selectbox("Left policy", names, format_func=policy_label, key="dyn_policy_a")
 policy_b = columns[1].selectbox("Right policy", names, format_func=policy_label, key="dyn_policy_b")
 budget = columns[2].slider(
@@ -50,14 +61,15 @@ budget = columns[2].slider(
 columns[2].caption(
     f"k = {resolve_budget(budget, trace.n, trace.prompt_length)} of {trace.n} tokens"
 )
-with st.expander("Policy parameters"):
+share_state(policies=[policy_a, policy_b], budget=budget)
+with panel.expander("Policy parameters"):
     params_a = policy_parameters(policy_a, "dyn_a")
     params_b = policy_parameters(policy_b, "dyn_b")
     if not params_a and not params_b:
         st.caption("Neither policy has parameters.")
-options = replay_options("dyn")
+options = replay_options("dyn", panel)
 default("dyn_output_error", False)
-output_error = st.checkbox(
+output_error = panel.checkbox(
     "Also measure the attention-output error (replays take about 3x longer)",
     key="dyn_output_error", disabled=not trace.has_values,
     help="The relative L2 error of each attention output when computed over the kept "
@@ -77,18 +89,22 @@ except ValueError as exc:
     st.error(f"Cannot replay with these settings: {exc}")
     st.stop()
 
-summary_columns = st.columns(2)
-for column, (label, result) in zip(summary_columns, results.items(), strict=True):
-    column.markdown(f"**{label}**: `{result.description}`, k = {result.budget}")
-    cells = column.columns(3)
-    cells[0].metric("Retained mass", f"{result.summary['retained_mass']:.3f}",
-                    help="Mean over all steps and cache units (1 = nothing lost).")  # fmt: skip
-    cells[1].metric("Hit rate", f"{result.summary['hit_rate']:.3f}",
-                    help="Share of significant keys (>= 1% of the row max) still cached.")  # fmt: skip
-    error = result.summary["output_error"]
-    cells[2].metric("Output error", "off" if error is None else f"{error:.3f}",
-                    help="Relative L2 error of the attention output; tick the box above "
-                    "to measure it (needs value vectors in the trace).")  # fmt: skip
+summary = st.container()  # the metric row: above the animation, below it when presenting
+
+
+def metric_row() -> None:
+    for column, (label, result) in zip(st.columns(2), results.items(), strict=True):
+        column.markdown(f"**{label}**: `{result.description}`, k = {result.budget}")
+        cells = column.columns(3)
+        cells[0].metric("Retained mass", f"{result.summary['retained_mass']:.3f}",
+                      help="Mean over all steps and cache units (1 = nothing lost).")  # fmt: skip
+        cells[1].metric("Hit rate", f"{result.summary['hit_rate']:.3f}",
+                      help="Share of significant keys (>= 1% of the row max) still cached.")  # fmt: skip
+        error = result.summary["output_error"]
+        cells[2].metric("Output error", "off" if error is None else f"{error:.3f}",
+                      help="Relative L2 error of the attention output; tick the box above "
+                      "to measure it (needs value vectors in the trace).")  # fmt: skip
+
 
 unit_labels = next(iter(results.values())).unit_labels
 if st.session_state.get("dyn_for_trace") != (key[0], options) or st.session_state.get(
@@ -98,66 +114,19 @@ if st.session_state.get("dyn_for_trace") != (key[0], options) or st.session_stat
     wanted = (layer, head if options[0] == "per-head" else int(trace.head_map[head]))
     st.session_state["dyn_unit"] = unit_labels.index(wanted)
     st.session_state["dyn_for_trace"] = (key[0], options)
-unit = st.selectbox(
+unit = panel.selectbox(
     "Cache unit to watch", list(range(len(unit_labels))), key="dyn_unit",
     format_func=lambda index: unit_name(unit_labels[index], options),
 )  # fmt: skip
 
+
 # ----------------------------------------------------------------- the animation
-last_step = trace.n - 1
-default("dyn_step", last_step)
-default("dyn_speed", 4)
-if st.session_state["dyn_step"] > last_step:
-    st.session_state["dyn_step"] = last_step
-
-
-def _toggle_play() -> None:
-    playing = not st.session_state["dyn_playing"]
-    st.session_state["dyn_playing"] = playing
-    if playing and st.session_state["dyn_step"] >= last_step:
-        st.session_state["dyn_step"] = 0
-
-
-def _move(delta: int) -> None:
-    st.session_state["dyn_playing"] = False
-    st.session_state["dyn_step"] = min(last_step, max(0, st.session_state["dyn_step"] + delta))
-
-
-buttons = st.columns([1, 1, 1, 1, 3])
-playing = st.session_state["dyn_playing"]
-buttons[0].button(
-    "start", key="dyn_start", icon=":material/first_page:", on_click=_move, args=(-trace.n,)
-)
-buttons[1].button(
-    "step", key="dyn_back", icon=":material/chevron_left:", on_click=_move, args=(-1,)
-)
-buttons[2].button(
-    "pause" if playing else "play", key="dyn_play", type="primary", on_click=_toggle_play,
-    icon=":material/pause:" if playing else ":material/play_arrow:",
-)  # fmt: skip
-buttons[3].button(
-    "step",
-    key="dyn_forward",
-    icon=":material/chevron_right:",
-    icon_position="right",
-    on_click=_move,
-    args=(1,),
-)
-buttons[4].select_slider("Tokens per frame", [1, 2, 4, 8, 16], key="dyn_speed")
-
-
-@st.fragment(run_every=FRAME_SECONDS if st.session_state["dyn_playing"] else None)
-def cache_view() -> None:
-    """The cache at step t; while playing, re-runs alone every frame and advances t."""
-    if st.session_state["dyn_playing"]:
-        step = st.session_state["dyn_step"] + st.session_state["dyn_speed"]
-        st.session_state["dyn_step"] = min(step, last_step)
-        if step >= last_step:  # the end: stop, and re-run the page to drop the timer
-            st.session_state["dyn_playing"] = False
-            st.rerun()
-    t = st.slider("Step t", 0, last_step, key="dyn_step")
+def cache_view(t: int) -> None:
+    """The cache at step t (re-drawn alone every frame while playing)."""
     states = {label: analysis.cache_states(r.evicted_at[unit], t) for label, r in results.items()}
-    st.vega_lite_chart(spec=figures.token_strip(states, t), width="stretch")
+    scores = accumulated[t]  # (n,) full-cache accumulated attention of rows 0..t
+    st.vega_lite_chart(spec=figures.token_strip(states, t, trace.tokens, scores,
+                                                evicted_at), width="stretch")  # fmt: skip
     text_columns = st.columns(2)
     for column, (label, result) in zip(text_columns, results.items(), strict=True):
         kept = int(
@@ -165,7 +134,8 @@ def cache_view() -> None:
         )
         mass = float(result.retained_mass[t, unit])
         column.markdown(f"**{label}** at step {t}: {kept} tokens kept, retained mass {mass:.3f}")
-        column.html(figures.cache_text_html(trace.tokens, states[label], t))
+        column.html(figures.cache_text_html(trace.tokens, states[label], t, scores,
+                                            result.evicted_at[unit]))  # fmt: skip
     chart_columns = st.columns(2)
     curves = {label: r.retained_mass[:, unit] for label, r in results.items()}
     chart_columns[0].vega_lite_chart(
@@ -179,7 +149,14 @@ def cache_view() -> None:
     )
 
 
-cache_view()
+accumulated = cached.unit_accumulated(key, options, unit)
+evicted_at = {label: r.evicted_at[unit] for label, r in results.items()}
+if not presenter():
+    with summary:
+        metric_row()
+player("dyn", trace.n - 1, cache_view)
+if presenter():
+    metric_row()
 st.caption(
     "Recent run = the unbroken run of kept tokens ending at step t; older kept tokens "
     "survived because the policy ranked them high (heavy hitters, for h2o). Open loop: "

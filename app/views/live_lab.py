@@ -8,6 +8,7 @@ from h2oapp import figures, live_runs
 from h2oapp.controls import (
     PAPER,
     default,
+    offered,
     page_intro,
     policy_glossary,
     policy_parameters,
@@ -43,6 +44,7 @@ a token is gone, every later hidden state, attention row and prediction is compu
 without it, and mistakes can compound. Compare the text each policy generates, or the
 **perplexity** of a given text, with the full cache, the kind of experiment of
 [H2O]({PAPER}) **Section 5**. It runs on the CPU: expect tens of seconds per run.""",
+    page="live",
 )
 
 model_file = live_runs.bundled_model_file()
@@ -64,7 +66,9 @@ if importlib.util.find_spec("h2osim.live") is None:
 
 st.caption(f"Model file: `{model_file}`")
 policy_glossary()
-online = [name for name in policy_names(online=True) if name != "full"]
+live_runs.start_loading_model()  # in the background, once per server: the first run waits less
+online = [name for name in offered(st.session_state.get("live_policies", []))
+          if name != "full" and name in policy_names(online=True)]  # fmt: skip
 default("live_policies", [name for name in ("h2o", "window", "sink") if name in online])
 default("live_budget", 0.25)
 default("live_mode", "generate")

@@ -4,14 +4,19 @@ import pandas as pd
 import streamlit as st
 from h2oapp import cached, figures
 from h2oapp.controls import (
+    CLASSROOM,
     PAPER,
     default,
+    offered,
     page_intro,
-    policy_glossary,
+    parse_float,
     policy_parameters,
     policy_short_label,
+    presenter,
     replay_options,
+    share_state,
     trace_picker,
+    url_value,
 )
 
 from h2osim.engine import resolve_budget
@@ -49,6 +54,7 @@ the **attention-output error** (lower is better): the cache world's miss-ratio c
 loses little; its **Section 5** measures the same on downstream tasks. Offline oracles
 (marked *offline*) see the whole future: `{OPTIMUM}`, the best any permanent-eviction
 policy can do, is the bar the online policies race against; the shaded band is the gap.""",
+    page="race",
 )
 
 key = trace_picker()
@@ -57,18 +63,23 @@ if key is None:
 trace = cached.load_trace(key)
 names = policy_names()
 offline = policy_names(online=False)
-default(
-    "race_policies",
-    [name for name in ("h2o", "sink", "window", OPTIMUM) if name in names],
-)
+url_policies = url_value("policies")
+if url_policies:
+    st.session_state["race_policies"] = [p for p in url_policies.split(",") if p in names]
+url_budgets = [parse_float(b) for b in (url_value("budget") or "").split(",") if b]
+if url_budgets:
+    st.session_state["race_budgets"] = [b for b in BUDGET_GRID if b in url_budgets]
+default("race_policies", [name for name in CLASSROOM if name in names])
 default("race_budgets", [0.1, 0.2, 0.3, 0.5])
 
-chosen = st.multiselect(
-    "Policies", names, format_func=policy_short_label, key="race_policies",
-    help="Every registered policy; offline oracles know the whole trace in advance.",
+panel = st.sidebar if presenter() else st.container()  # presenter: controls in the sidebar
+chosen = panel.multiselect(
+    "Policies", offered(st.session_state["race_policies"]), format_func=policy_short_label,
+    key="race_policies",
+    help="The classroom set; switch on 'Advanced policies' in the sidebar for every "
+    "registered policy. Offline oracles (dashed) know the whole trace in advance.",
 )  # fmt: skip
-policy_glossary()
-columns = st.columns([3, 1])
+columns = [panel, panel] if presenter() else panel.columns([3, 1])
 budgets = sorted(
     columns[0].pills(
         "Budgets (share of the sequence kept per cache unit)",
@@ -84,6 +95,7 @@ if budgets:
         "k = " + ", ".join(str(resolve_budget(b, trace.n, trace.prompt_length)) for b in budgets)
         + f" of {trace.n} tokens"
     )  # fmt: skip
+share_state(policies=chosen, budget=budgets)
 if OPTIMUM not in names:
     st.info(
         f"The exact offline optimum `{OPTIMUM}` is not registered yet: once the oracle "
@@ -93,11 +105,11 @@ if OPTIMUM not in names:
 if not chosen or not budgets:
     st.warning("Choose at least one policy and one budget.")
     st.stop()
-with st.expander("Policy parameters"):
+with panel.expander("Policy parameters"):
     params = {name: policy_parameters(name, "race") for name in chosen}
-options = replay_options("race")
+options = replay_options("race", panel)
 default("race_second", "hit_rate")
-second_metric = st.radio(
+second_metric = panel.radio(
     "Second chart", ["hit_rate", "output_error"], key="race_second", horizontal=True,
     format_func=lambda m: {"hit_rate": "hit rate of significant keys",
                            "output_error": "attention-output error (replays take about 3x longer)"}[m],
@@ -127,10 +139,10 @@ if OPTIMUM in chosen and online_chosen:
     default("race_shade", "h2o" if "h2o" in online_chosen else online_chosen[0])
     if st.session_state["race_shade"] not in online_chosen:
         st.session_state["race_shade"] = online_chosen[0]
-    shade = st.selectbox(f"Shade the gap to {OPTIMUM} of", online_chosen, key="race_shade")
+    shade = panel.selectbox(f"Shade the gap to {OPTIMUM} of", online_chosen, key="race_shade")
 
 default("race_mass_metric", "retained_mass")
-mass_metric = st.radio(
+mass_metric = panel.radio(
     "Retained mass over", ["retained_mass", "retained_mass_decode", "worst_unit_mass"],
     format_func=lambda m: {"retained_mass": "all steps", "retained_mass_decode": "decode steps only",
                            "worst_unit_mass": "the worst cache unit"}[m],

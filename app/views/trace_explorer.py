@@ -18,6 +18,7 @@ attention is **sparse** (most entries are tiny next to their row's maximum); a f
 stripes; the orange words in the text); and the tokens' **accumulated attention** falls
 off like a **power law** (a straight line on log-log axes). The first token is often a
 heavy hitter of its own, the **attention sink** (Xiao et al., StreamingLLM).""",
+    page="explorer",
 )
 
 key = trace_picker()
