@@ -1,11 +1,14 @@
 """h2osim classroom app: ``streamlit run app/main.py``. This file only routes; pages are in views/."""
 
 import importlib.util
+from pathlib import Path
 
 import streamlit as st
 
 st.set_page_config(
-    page_title="h2osim: heavy hitters in the KV cache", page_icon=":material/memory:", layout="wide"
+    page_title="h2osim: heavy hitters in the KV cache",
+    page_icon=str(Path(__file__).with_name("icon.png")),  # a local file: nothing from other hosts
+    layout="wide",
 )
 if importlib.util.find_spec("h2osim") is None:
     st.error(

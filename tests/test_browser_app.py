@@ -1,8 +1,11 @@
 """The app in a real browser: a ``streamlit run`` server and headless Debian chromium.
 
 Checks that every page renders in the browser (the Trace explorer's heatmap image is
-drawn with a non-zero size, charts draw) and saves a screenshot of each page. The
-screenshots go to pytest's tmp folder, or to ``$H2OSIM_SCREENSHOTS`` when set:
+drawn with a non-zero size, charts draw) with no JavaScript or console error and no
+request to any host but 127.0.0.1 (the app is offline by default: .streamlit/config.toml,
+a local page icon); in presenter mode at 1280x720 each page's main visual is inside the
+viewport; tooltips carry token text; the chart toolbar does not cover the metric row.
+It saves a screenshot of each page, to pytest's tmp folder or to ``$H2OSIM_SCREENSHOTS``:
 
     H2OSIM_SCREENSHOTS=docs/screenshots .venv/bin/python -m pytest -m browser tests/test_browser_app.py
 
@@ -13,6 +16,7 @@ it through ``executable_path`` (no ``playwright install``, no network).
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -28,14 +32,16 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                  "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-default-apps"]  # fmt: skip
 PAGES = [  # (url path, screenshot name, what proves it rendered)
-    ("", "trace-explorer", "heatmap"),
+    ("", "by-hand", "text"),
+    ("trace_explorer", "trace-explorer", "heatmap"),
     ("eviction_dynamics", "eviction-dynamics", "chart"),
     ("policy_race", "policy-race", "chart"),
     ("theory_lab", "theory-lab", "chart"),
     ("live_lab", "live-lab", "text"),
 ]
 # The heatmap is a PNG inside a Vega-Lite image mark: an <image> in the chart's SVG.
-HEATMAP_DRAWN = """() => [...document.querySelectorAll('[data-testid="stVegaLiteChart"] svg image')].some(
+# Vega draws it on a canvas (many hover cells) or as an SVG <image>.
+HEATMAP_DRAWN = """() => [...document.querySelectorAll('[data-testid="stVegaLiteChart"] :is(canvas, svg image)')].some(
     (img) => img.getBoundingClientRect().width > 100 && img.getBoundingClientRect().height > 100)"""
 CHART_DRAWN = """() => [...document.querySelectorAll('[data-testid="stVegaLiteChart"] :is(svg, canvas)')]
     .some((node) => node.getBoundingClientRect().width > 100)"""
@@ -89,9 +95,8 @@ def app_url(tmp_path_factory):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))  # fmt: skip
     server = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true",
-         "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false",
-         "--client.toolbarMode", "viewer"],
+         "--server.address", "127.0.0.1", "--server.fileWatcherType", "none"],  # the rest:
+        # .streamlit/config.toml (usage statistics off, no web fonts), as a user runs it
         cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
@@ -132,20 +137,60 @@ def screenshot_folder(tmp_path_factory) -> Path:
     return folder
 
 
+LOCAL = ("http://127.0.0.1", "ws://127.0.0.1", "data:", "blob:", "about:")
+# Streamlit probes <page>/_stcore/health and host-config before the server root when a page
+# is opened by its own URL; those 404s (and their console lines) are Streamlit's, not ours.
+BASE_PATH_PROBE = re.compile(r"^http://127\.0\.0\.1:\d+/\w+/_stcore/(health|host-config)$")
+MAIN_VISUAL = {  # presenter mode: what must be inside the 1280x720 viewport
+    "by-hand": '[data-testid="stHtml"]',
+    "trace-explorer": '[data-testid="stVegaLiteChart"]',
+    "eviction-dynamics": '[data-testid="stVegaLiteChart"]',
+    "policy-race": '[data-testid="stVegaLiteChart"]',
+    "live-lab": '[data-testid="stForm"]',
+}
+
+
+class Watch:
+    """Everything a page asks of the network and says on the console."""
+
+    def __init__(self, page) -> None:
+        self.requests: list[str] = []
+        self.failed: list[str] = []
+        self.console: list[str] = []
+        self.errors: list[str] = []
+        page.on("request", lambda request: self.requests.append(request.url))
+        page.on("response", lambda r: self.failed.append(r.url) if r.status >= 400 else None)
+        page.on("console", lambda m: self.console.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda exc: self.errors.append(str(exc)))
+
+    def check(self, name: str) -> None:
+        assert not self.errors, f"JavaScript errors on {name}: {self.errors}"
+        outside = [url for url in self.requests if not url.startswith(LOCAL)]
+        assert not outside, f"{name} asked another host: {outside}"
+        failed = [url for url in self.failed if not BASE_PATH_PROBE.match(url)]
+        assert not failed, f"{name}: failed requests {failed}"
+        ours = [m for m in self.console if not (m.startswith("Failed to load resource: the "
+                "server responded with a status of 404") and self.failed)]  # fmt: skip
+        assert not ours, f"console errors on {name}: {ours}"
+
+
+def _open(page, url: str, proof: str) -> None:
+    page.goto(url, wait_until="domcontentloaded", timeout=60_000)
+    page.wait_for_selector('[data-testid="stMainBlockContainer"] h1', timeout=60_000)
+    if proof == "heatmap":
+        page.wait_for_function(HEATMAP_DRAWN, timeout=60_000)
+    if proof in ("heatmap", "chart"):
+        page.wait_for_function(CHART_DRAWN, timeout=60_000)
+    _wait_until_idle(page)
+    assert page.locator('[data-testid="stException"]').count() == 0
+
+
 @pytest.mark.parametrize(("path", "name", "proof"), PAGES, ids=[page[1] for page in PAGES])
 def test_page_renders_in_chromium(app_url, browser, screenshot_folder, path, name, proof):
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    watch = Watch(page)
     try:
-        page.goto(f"{app_url}/{path}", wait_until="domcontentloaded", timeout=60_000)
-        page.wait_for_selector('[data-testid="stMainBlockContainer"] h1', timeout=60_000)
-        if proof == "heatmap":
-            page.wait_for_function(HEATMAP_DRAWN, timeout=60_000)
-        if proof in ("heatmap", "chart"):
-            page.wait_for_function(CHART_DRAWN, timeout=60_000)
-        _wait_until_idle(page)
-        assert page.locator('[data-testid="stException"]').count() == 0
+        _open(page, f"{app_url}/{path}", proof)
         # Streamlit scrolls inside its main block: grow the window to the content instead.
         height = page.evaluate(CONTENT_HEIGHT)
         page.set_viewport_size({"width": 1400, "height": min(max(height + 60, 900), 4000)})
@@ -153,5 +198,70 @@ def test_page_renders_in_chromium(app_url, browser, screenshot_folder, path, nam
         page.screenshot(path=str(screenshot_folder / f"{name}.png"))
     finally:
         page.close()
-    assert not errors, f"JavaScript errors on {name}: {errors}"
+    watch.check(name)
     assert (screenshot_folder / f"{name}.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(("path", "name", "proof"), [p for p in PAGES if p[1] in MAIN_VISUAL],
+                         ids=[p[1] for p in PAGES if p[1] in MAIN_VISUAL])  # fmt: skip
+def test_presenter_mode_puts_the_main_visual_above_the_fold(
+    app_url, browser, screenshot_folder, path, name, proof
+):
+    page = browser.new_page(viewport={"width": 1280, "height": 720})
+    watch = Watch(page)
+    try:
+        _open(page, f"{app_url}/{path}?presenter=1", proof)
+        assert page.locator('[data-testid="stSidebar"] [role="switch"]').first.is_checked()
+        visual = page.locator(f'[data-testid="stMainBlockContainer"] {MAIN_VISUAL[name]}').first
+        box = visual.bounding_box()
+        assert box is not None and box["height"] > 20, name
+        assert box["y"] >= 0 and box["y"] + min(box["height"], 300) <= 720, (name, box)
+        page.screenshot(path=str(screenshot_folder / f"presenter-{name}.png"))
+    finally:
+        page.close()
+    watch.check(name)
+
+
+def _tooltip(page) -> str:
+    return page.evaluate(
+        "() => { const t = document.querySelector('#vg-tooltip-element');"
+        " return t && t.classList.contains('visible') ? t.innerText : '' }"
+    )
+
+
+def test_heatmap_tooltip_names_tokens_and_the_toolbar_stays_off_the_metrics(app_url, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    try:
+        _open(page, f"{app_url}/trace_explorer", "heatmap")
+        chart = page.locator('[data-testid="stVegaLiteChart"]').first
+        box = chart.bounding_box()
+        page.mouse.move(box["x"] + 150, box["y"] + 300)  # inside the lower triangle
+        page.wait_for_timeout(800)
+        text = _tooltip(page)
+        assert "query" in text and "t = " in text and "j = " in text and "'" in text, text
+        assert "data:image" not in text and len(text) < 400, text
+        toolbar = page.locator('[data-testid="stElementToolbar"]').first.bounding_box()
+        for metric in page.locator('[data-testid="stMetric"]').all():
+            cell = metric.bounding_box()
+            overlap = not (toolbar["y"] >= cell["y"] + cell["height"] or toolbar["y"] + toolbar["height"] <= cell["y"]
+                           or toolbar["x"] >= cell["x"] + cell["width"] or toolbar["x"] + toolbar["width"] <= cell["x"])  # fmt: skip
+            assert not overlap, ("the chart toolbar covers a metric", toolbar, cell)
+    finally:
+        page.close()
+
+
+def test_token_strip_tooltip_carries_token_text(app_url, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    try:
+        _open(page, f"{app_url}/eviction_dynamics?step=40", "chart")
+        strip = page.locator('[data-testid="stVegaLiteChart"]').first
+        mark = strip.locator(".mark-rect path").nth(3)  # one token's rectangle in the strip
+        mark.scroll_into_view_if_needed()
+        page.wait_for_timeout(300)
+        box = mark.bounding_box()
+        page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        page.wait_for_timeout(800)
+        text = _tooltip(page)
+        assert "(token " in text and "rank" in text, text
+    finally:
+        page.close()

@@ -72,10 +72,11 @@ GLOSSARY = """
   policy that evicts for good can do, `topk` a per-step bound (dashed lines).
 """
 PRESENTER_CSS = """<style>
-[data-testid="stMainBlockContainer"] { padding-top: 2.2rem; padding-bottom: 1rem; }
-[data-testid="stMainBlockContainer"] h1 { font-size: 1.9rem; padding: 0 0 0.2rem 0; }
-[data-testid="stMainBlockContainer"] p, [data-testid="stMainBlockContainer"] li,
-[data-testid="stMainBlockContainer"] label { font-size: 1.08rem; }
+[data-testid="stMainBlockContainer"] { padding-top: 3.6rem; padding-bottom: 1rem; }
+[data-testid="stMainBlockContainer"] h1 { font-size: 1.7rem; padding: 0 0 0.1rem 0; }
+[data-testid="stMainBlockContainer"] [data-testid="stMarkdownContainer"] p,
+[data-testid="stMainBlockContainer"] li { font-size: 1.1rem; }
+[data-testid="stMetricValue"] [data-testid="stMarkdownContainer"] p { font-size: 2.2rem; }
 </style>"""
 BASE_CSS = """<style>
 /* the chart toolbar (fullscreen, menu) sits inside the chart, not over the row above */

@@ -93,7 +93,8 @@ def _policy_colour(
     domain = list(policies) + list(extra or {})
     palette = [policy_colour(p) for p in policies] + list((extra or {}).values())
     return _n("policy", scale={"domain": domain, "range": palette},
-              legend={"orient": "bottom", "title": None, "labelLimit": 260})  # fmt: skip
+              legend={"orient": "bottom", "title": None, "labelLimit": 260, "columns": 3,
+                      "symbolOpacity": 1, "symbolStrokeWidth": 2.5})  # fmt: skip
 
 
 def _policy_dash(policies: Sequence[str]) -> dict[str, Any]:
@@ -181,21 +182,22 @@ def attention_heatmap(
         {
             "data": {"name": "image"},
             "mark": {"type": "image", "width": {"expr": "width"}, "height": {"expr": "height"},
-                     "align": "left", "baseline": "top", "aspect": False, "smooth": False},
-            "encoding": {"x": axis_x, "y": axis_y, "url": _n("url"), "tooltip": None},
+                     "align": "left", "baseline": "top", "aspect": False, "smooth": False,
+                     "tooltip": False},
+            "encoding": {"x": axis_x, "y": axis_y, "url": _n("url")},
         },
         {  # transparent hover cells that carry the tooltips
             "data": {"name": "cells"},
-            "mark": {"type": "rect", "opacity": 0, "tooltip": True},
+            "mark": {"type": "rect", "fill": "#000000", "opacity": 0.001},
             "encoding": {"x": _q("x"), "x2": {"field": "x2"}, "y": _q("y"), "y2": {"field": "y2"},
                          "tooltip": [_n("query", title="query"), _n("key", title="key"),
-                                     _q("attention", format=".4f")]},
+                                     _q("attention", format=".3g")]},
         },
         {  # invisible points that only carry the colour scale, for its legend
             "data": {"name": "legend"},
-            "mark": {"type": "point", "opacity": 0},
+            "mark": {"type": "point", "opacity": 0, "tooltip": False},
             "encoding": {
-                "x": _q("x"), "y": _q("y"), "tooltip": None,
+                "x": _q("x"), "y": _q("y"),
                 "color": _q("p", "attention" + (" (log)" if log_scale else ""), scale={
                     "type": "log" if log_scale else "linear", "domain": [low, high], "scheme": "magma"}),
             },

@@ -2,7 +2,7 @@
 
 import streamlit as st
 from h2oapp import cached, figures
-from h2oapp.controls import PAPER, default, page_intro, trace_picker
+from h2oapp.controls import PAPER, default, page_intro, presenter, trace_picker
 
 page_intro(
     "Trace explorer",
@@ -38,7 +38,7 @@ if st.session_state.get("te_for_trace") != key[0]:  # a new trace: open on its s
     st.session_state["te_for_trace"] = key[0]
 default("te_scale", "log")
 default("te_score", "sum")
-columns = st.columns(4)
+columns = [st.sidebar] * 4 if presenter() else st.columns(4)  # presenter: in the sidebar
 layer = columns[0].selectbox("Layer", layers, key="te_layer")
 head = columns[1].selectbox(
     "Query head", list(range(trace.num_heads)), key="te_head",
@@ -62,7 +62,11 @@ per_row = (
 
 score_label = "attention per row seen" if per_row else "accumulated attention"
 summary = cached.head_summary(key, layer, head, per_row)
-metrics = st.columns(4)
+metric_row = st.container()  # presenter mode: below the pictures
+main = st.container()
+if presenter():
+    metric_row = st.container()
+metrics = metric_row.columns(4)
 metrics[0].metric(
     "Sparsity", f"{summary['sparsity']:.1%}",
     help="Share of this head's attention entries below 1% of their row's maximum.",
@@ -81,7 +85,7 @@ metrics[3].metric(
     f"{summary['r2']:.2f}); the same estimator as `python -m h2osim.observe`.",
 )  # fmt: skip
 
-left, right = st.columns([1.25, 1])
+left, right = main.columns([1.25, 1])
 with left:
     st.vega_lite_chart(spec=cached.heatmap_spec(key, layer, head, log_scale), width="stretch")
     st.caption(
