@@ -55,19 +55,41 @@ DRAWN = {  # the page's main visual, drawn
 LIMITS = {"cold page": 2.0, "interaction p95": 1.0}
 
 
-async def settle(page, timeout: float = 120.0, start_within: float = 0.6) -> None:
-    """Wait until a run that an action started has finished (or none started)."""
+OBSERVE = """() => { if (window.__h2oRuns) return;
+    window.__h2oRuns = [];  // [time, state] at every change of the script state
+    const app = document.querySelector('[data-testid="stApp"]');
+    new MutationObserver(() => window.__h2oRuns.push(
+        [performance.now(), app.getAttribute('data-test-script-state')]))
+      .observe(app, {attributes: true, attributeFilter: ['data-test-script-state']}); }"""
+RUNS = "() => window.__h2oRuns.length"
+ENDED_AFTER = """(start) => { const runs = window.__h2oRuns.slice(start);
+    const began = runs.findIndex(([, state]) => state === 'running');
+    return began >= 0 && runs.slice(began).some(([, state]) => state === 'notRunning') }"""
+
+
+async def settle(page, mark: int, timeout: float = 120.0, start_within: float = 0.5) -> None:
+    """Wait until the run an action started (after change number ``mark`` of the script
+    state, recorded by a MutationObserver, so no run is missed) has finished; an action
+    that starts no run within ``start_within`` s (a fragment-only or a no-op change) ends
+    when its frame has been drawn."""
     deadline = time.monotonic() + timeout
     started = time.monotonic()
-    while time.monotonic() - started < start_within:  # the run starts a few ms later
-        if await page.evaluate(STATE) == "running":
-            break
-        await asyncio.sleep(0.02)
     while time.monotonic() < deadline:
-        if await page.evaluate(STATE) == "notRunning":
+        if await page.evaluate(ENDED_AFTER, mark) and await page.evaluate(STATE) == "notRunning":
             return
-        await asyncio.sleep(0.02)
+        if time.monotonic() - started > start_within and await page.evaluate(RUNS) == mark:
+            return  # nothing ran
+        await asyncio.sleep(0.01)
     raise TimeoutError("the app was still running")
+
+
+async def act_and_settle(page, act) -> float:
+    """Seconds from the action until its run has finished."""
+    mark = await page.evaluate(RUNS)
+    started = time.perf_counter()
+    await act(page)
+    await settle(page, mark)
+    return time.perf_counter() - started
 
 
 async def click(page, selector: str, nth: int = 0) -> None:
@@ -108,13 +130,14 @@ def interactions(page_name: str) -> list[tuple[str, Callable[[object], Awaitable
 
 
 async def _play_pause(page, prefix: str) -> None:
+    mark = await page.evaluate(RUNS)
     await click(page, f".st-key-{prefix}_play button")
-    await settle(page)
+    await settle(page, mark)
     await click(page, f".st-key-{prefix}_play button")
 
 
 async def _slider_key(page, key: str, press: str) -> None:
-    thumb = page.locator(f'.st-key-{key} [role="slider"]').first
+    thumb = page.locator(f'.st-key-{key} input[type="range"]').first
     await thumb.focus()
     await thumb.press(press)
 
@@ -125,21 +148,22 @@ async def open_page(browser, url: str, name: str) -> tuple[object, float]:
     started = time.perf_counter()
     await page.goto(url, wait_until="domcontentloaded", timeout=120_000)
     await page.wait_for_selector('[data-testid="stMainBlockContainer"] h1', timeout=120_000)
-    await settle(page, start_within=5.0)
+    while await page.evaluate(STATE) != "notRunning":
+        await asyncio.sleep(0.01)
     await page.wait_for_selector(DRAWN[name], timeout=120_000)
-    return page, time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    await page.evaluate(OBSERVE)
+    return page, seconds
 
 
 async def session(browser, base: str, trace: str, pages: list[str], rows: list) -> None:
     """One student: each page cold, then its interactions; rows get (kind, what, seconds)."""
     for name in pages:
-        page, seconds = await open_page(browser, f"{base}/{name}?trace={trace}", name)
+        path = "" if name == "by_hand" else name  # the default page lives at the root
+        page, seconds = await open_page(browser, f"{base}/{path}?trace={trace}", name)
         rows.append(("cold page", name, seconds))
         for what, act in interactions(name):
-            started = time.perf_counter()
-            await act(page)
-            await settle(page)
-            rows.append(("interaction", f"{name}: {what}", time.perf_counter() - started))
+            rows.append(("interaction", f"{name}: {what}", await act_and_settle(page, act)))
         await page.close()
 
 

@@ -333,6 +333,19 @@ def test_live_lab_generates_and_scores_with_the_real_model(app):
 
 
 # ----------------------------------------------------------------- traces and uploads
+@pytest.mark.model
+def test_own_text_box_traces_a_text_with_the_bundled_model(app):
+    open_page(app, TRACE_EXPLORER)
+    app.sidebar.text_area(key="own_text").input("The cat sat on the mat. " * 40)
+    app.sidebar.slider(key="own_text_tokens").set_value(32)
+    app.sidebar.button(key="own_text_run").click().run(timeout=300)
+    assert not app.exception, app.exception
+    chosen = app.sidebar.selectbox(key="trace").value
+    assert "h2osim-own-text" in chosen and chosen in app.session_state["own_traces"].values()
+    assert any("n=32" in caption.value for caption in app.sidebar.caption)  # cut to 32 tokens
+    assert len(charts(app)) == 3  # the explorer shows the new trace
+
+
 def test_trace_choice_survives_a_page_switch(app, trace_folder):
     open_page(app, TRACE_EXPLORER)
     second = str(trace_folder / "b-tiny-novalues.npz")

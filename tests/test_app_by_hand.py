@@ -102,3 +102,13 @@ def test_walk_through_records_what_the_engine_did():
 def test_toy_weights_must_be_positive():
     with pytest.raises(ValueError, match="positive"):
         by_hand.toy_trace(["a", " b"], [1.0, 0.0])
+
+
+@pytest.mark.model
+def test_real_attention_mode_runs_the_model_on_the_sentence(app):
+    app.radio(key="bh_mode").set_value("real").run(timeout=300)
+    assert not app.exception, app.exception
+    table = app.dataframe[0].value
+    assert len(table) > 0 and all(table["evicted"])  # the cache filled and h2o evicted
+    first = table.iloc[0]
+    assert first["evicted"] not in first["protected (recent)"].split(", ")

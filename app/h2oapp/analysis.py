@@ -102,6 +102,20 @@ def power_law(scores: np.ndarray) -> tuple[float, float, float]:
     return float(alpha), scale, float(r2)
 
 
+def showcase_head(trace) -> tuple[int, int]:
+    """The (layer, query head) of a trace whose heavy hitters stand out most: the largest
+    share of accumulated attention held by its top 10% of tokens, token 0 (the sink) left
+    out. The pages open on it."""
+    best, choice = -1.0, (int(trace.layers[0]), 0)
+    for layer in trace.layers.tolist():
+        for head in range(trace.num_heads):
+            scores = accumulated_attention(trace.head_matrix(layer, head))
+            share = top_share(scores[1:], 0.1) if scores.size > 1 else 0.0
+            if share > best:
+                best, choice = share, (int(layer), head)
+    return choice
+
+
 def cache_states(evicted_at: np.ndarray, t: int) -> np.ndarray:
     """State code of every token of one cache unit when row t is served, ``(n,)`` int8.
 

@@ -312,13 +312,14 @@ def own_text_box() -> None:
         if live_runs.bundled_model_file() is None or live_runs.missing_model_stack():
             st.caption("Needs the bundled model: run `make setup`.")
             return
-        live_runs.start_loading_model()  # in the background, once per server
-        with st.form("own_text_form", border=False):
-            text = st.text_area("Text to trace", key="own_text", height=100,
-                                placeholder="Type or paste a paragraph ...")  # fmt: skip
-            tokens = st.slider("At most this many tokens", 16, OWN_TEXT_MAX_TOKENS, 128,
-                               step=16, key="own_text_tokens")  # fmt: skip
-            made = st.form_submit_button("Make a trace", key="own_text_run")
+        text = st.text_area("Text to trace", key="own_text", height=100,
+                            placeholder="Type or paste a paragraph ...",
+                            on_change=live_runs.start_loading_model)  # fmt: skip
+        # the model starts loading (in the background, once per server) as soon as a text
+        # is typed, so it is ready or nearly so when the button is pressed
+        tokens = st.slider("At most this many tokens", 16, OWN_TEXT_MAX_TOKENS, 128,
+                           step=16, key="own_text_tokens")  # fmt: skip
+        made = st.button("Make a trace", key="own_text_run", icon=":material/add:")
         if made:
             if not text.strip():
                 st.warning("Type a text first.")

@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(REPO_ROOT))
+for folder in (REPO_ROOT, REPO_ROOT / "app"):  # run as a script from anywhere
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
 
 from h2osim.engine import ReplayConfig, sweep  # noqa: E402
 from h2osim.files import write_json  # noqa: E402
@@ -65,8 +66,9 @@ def cell_key(policy: str, budget: float) -> str:
     return f"{policy}@{float(budget):g}"
 
 
-def read_store(sha256: str) -> dict[str, dict[str, Any]]:
-    """The stored cells of the trace with this SHA-256 (empty when none or unreadable)."""
+def read_payload(sha256: str) -> dict[str, Any]:
+    """What was stored for the trace with this SHA-256 (empty when none or unreadable):
+    ``records`` (race cells by :func:`cell_key`) and ``showcase`` (the explorer's head)."""
     path = store_path(sha256)
     try:
         payload = json.loads(path.read_text())
@@ -74,7 +76,12 @@ def read_store(sha256: str) -> dict[str, dict[str, Any]]:
         return {}
     if payload.get("format") != FORMAT or payload.get("trace_sha256") != sha256:
         return {}
-    return payload.get("records", {})
+    return payload
+
+
+def read_store(sha256: str) -> dict[str, dict[str, Any]]:
+    """The stored race cells of the trace with this SHA-256 (empty when none)."""
+    return read_payload(sha256).get("records", {})
 
 
 def precompute(
@@ -91,8 +98,11 @@ def precompute(
             records[cell_key(name, record["budget_requested"])] = record
     path = store_path(sha)
     path.parent.mkdir(parents=True, exist_ok=True)
+    from h2oapp.analysis import showcase_head
+
     write_json(path, {"format": FORMAT, "trace": trace_path.name, "trace_sha256": sha,
-                      "options": DEFAULT_OPTIONS, "records": records})  # fmt: skip
+                      "options": DEFAULT_OPTIONS, "showcase": showcase_head(trace),
+                      "records": records})  # fmt: skip
     return path
 
 

@@ -69,7 +69,7 @@ if mode == "toy":
             )
             for i, token in enumerate(tokens)
         ]
-    trace = by_hand.toy_trace(tokens, weights)
+    source = ("toy", tuple(tokens), tuple(float(w) for w in weights))
     layer, unit = None, 0
 else:
     live_runs.start_loading_model()
@@ -80,6 +80,7 @@ else:
         st.error(f"Cannot run the model on this sentence: {exc}")
         st.stop()
     trace = cached.load_trace(cached.trace_key(path))
+    source = ("trace", cached.trace_key(path))
     tokens = list(trace.tokens)
     if trace.n < 3:
         st.warning("Type a sentence of at least three tokens.")
@@ -89,7 +90,7 @@ else:
     layer = pick[0].selectbox("Layer", trace.layers.tolist(), key="bh_layer")
     unit = pick[1].selectbox("KV head (cache unit)", list(range(trace.num_kv_heads)), key="bh_unit")
 
-n = trace.n
+n = len(tokens)
 default("bh_k", min(by_hand.DEFAULT_BUDGET, n - 1))
 st.session_state["bh_k"] = min(max(2, st.session_state["bh_k"]), n - 1)
 sizes = panel.columns(2) if not presenter() else [panel, panel]
@@ -101,9 +102,20 @@ recent = sizes[1].slider(
 )
 share_state(budget=k)
 
-result, decisions, history = by_hand.walk_through(trace, k, recent, layer, unit)
-compared = by_hand.compare(trace, k, recent, layer)
-scores = by_hand.score_matrix(result, history, unit)  # (n, n), NaN = not cached
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def worked(source: tuple, k: int, recent: int, layer: int | None, unit: int):
+    """The walk-through and the side-by-side replays (cached: reruns only redraw)."""
+    if source[0] == "toy":
+        replayed = by_hand.toy_trace(list(source[1]), list(source[2]))
+    else:
+        replayed = cached.load_trace(source[1])
+    result, decisions, history = by_hand.walk_through(replayed, k, recent, layer, unit)
+    compared = by_hand.compare(replayed, k, recent, layer)
+    return decisions, by_hand.score_matrix(result, history, unit), compared
+
+
+decisions, scores, compared = worked(source, k, recent, layer, unit)  # scores: (n, n)
 step_rows = pd.DataFrame(by_hand.decision_rows(decisions, tokens))
 names = [token.strip() or repr(token) for token in tokens]
 

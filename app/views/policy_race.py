@@ -10,6 +10,7 @@ from h2oapp.controls import (
     offered,
     page_intro,
     parse_float,
+    policy_glossary,
     policy_parameters,
     policy_short_label,
     presenter,
@@ -79,6 +80,8 @@ chosen = panel.multiselect(
     help="The classroom set; switch on 'Advanced policies' in the sidebar for every "
     "registered policy. Offline oracles (dashed) know the whole trace in advance.",
 )  # fmt: skip
+with panel:
+    policy_glossary()
 columns = [panel, panel] if presenter() else panel.columns([3, 1])
 budgets = sorted(
     columns[0].pills(
