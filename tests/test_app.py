@@ -266,6 +266,42 @@ def test_policy_race_gap_to_opt_is_the_cli_gap_for_every_policy(app, trace_folde
     assert app_rows[("h2o", 0.2)].gap_to_opt >= 0 and app_rows[("opt", 0.5)].gap_to_opt == 0
 
 
+def test_url_opens_the_shared_view_and_follows_the_widgets(app, trace_folder):
+    """A link with ?trace=...&policies=...&budget=... opens that view; widgets write it back."""
+    app.query_params.update(
+        {"trace": "b-tiny-novalues.npz", "policies": "h2o,opt", "budget": "0.3,0.5"}
+    )
+    app.switch_page(POLICY_RACE).run()  # the link's page is the session's first run
+    assert not app.exception
+    assert app.sidebar.selectbox(key="trace").value.endswith("b-tiny-novalues.npz")
+    assert app.multiselect(key="race_policies").value == ["h2o", "opt"]
+    assert app.pills(key="race_budgets").value == [0.3, 0.5]
+    app.pills(key="race_budgets").select(0.1).run()
+    assert "0.1,0.3,0.5" in str(app.query_params["budget"])
+    assert "h2o,opt" in str(app.query_params["policies"])
+    assert "b-tiny-novalues.npz" in str(app.query_params["trace"])
+
+
+def test_presenter_mode_from_the_url_folds_the_intro(app):
+    app.query_params["presenter"] = "1"
+    open_page(app, EVICTION_DYNAMICS)
+    assert app.sidebar.toggle(key="presenter").value
+    assert app.expander[0].label == "About this page"
+    assert any(s.key == "dyn_policy_a" for s in app.sidebar.selectbox)  # controls in the sidebar
+    assert len(charts(app)) == 3
+
+
+def test_glossary_is_in_every_sidebar(app):
+    for page in (BY_HAND, TRACE_EXPLORER, EVICTION_DYNAMICS, POLICY_RACE, LIVE_LAB):
+        open_page(app, page)
+        labels = [e.label for e in app.sidebar.expander]
+        assert "Glossary" in labels, page
+    text = controls.GLOSSARY
+    for term in ("Cache unit", "GQA", "Retained mass", "Hit rate", "Open vs closed loop",
+                 "Teacher forcing", "KL"):  # fmt: skip
+        assert term in text
+
+
 # ----------------------------------------------------------------- pages 4 and 5
 def test_theory_lab_greedy_vs_optimum(app):
     open_page(app, THEORY_LAB)

@@ -162,3 +162,44 @@ def test_shipped_traces_put_real_models_first(tmp_path, monkeypatch):
         "smollm2-b.npz",
         "synthetic-demo.npz",
     ]
+
+
+def test_a_policy_keeps_its_colour_and_oracles_are_dashed():
+    records = [{"policy": p, "budget_fraction": b, "budget": int(b * 100), "retained_mass": m}
+               for p, m in (("h2o", 0.8), ("opt", 0.9), ("window", 0.6)) for b in (0.1, 0.2)]  # fmt: skip
+    race = figures.race_chart(records, "retained_mass", "retained mass", shade="h2o")
+    colour = next(layer for layer in race["layer"] if layer["data"]["name"] == "curves")
+    scale = colour["encoding"]["color"]["scale"]
+    assert "gap h2o to opt (shaded)" in scale["domain"]  # the band has its legend entry
+    dynamics = figures.retained_mass_chart(
+        {"window": np.ones(5), "h2o (left)": np.ones(5)}, 2, 5, ""
+    )
+    dyn_scale = dynamics["layer"][0]["encoding"]["color"]["scale"]
+    for name, label in (("h2o", "h2o (left)"), ("window", "window")):
+        assert scale["range"][scale["domain"].index(name)] == figures.policy_colour(name)
+        assert dyn_scale["range"][dyn_scale["domain"].index(label)] == figures.policy_colour(name)
+    dash = colour["encoding"]["strokeDash"]["scale"]
+    assert dash["range"][dash["domain"].index("opt")] != [1, 0]  # opt dashed
+    assert dash["range"][dash["domain"].index("h2o")] == [1, 0]
+    assert figures.policy_colour("h2o") != figures.policy_colour("opt")
+
+
+def test_heatmap_hover_cells_name_tokens_not_the_image():
+    matrix = np.tril(np.full((4, 4), 0.25))
+    matrix[3, 1] = 0.7
+    cells = figures.heatmap_cells(matrix, ["a", " b", " c", " d"], grid=2)
+    assert len(cells) == 3  # blocks (0,0), (1,0), (1,1) of 2x2 tokens
+    low_left = next(c for c in cells if c["y"] == 2 and c["x"] == 0)
+    assert low_left["query"] == "t = 3: ' d'" and low_left["key"] == "j = 1: ' b'"
+    assert low_left["attention"] == pytest.approx(0.7)
+    spec = figures.attention_heatmap(matrix, 4, tokens=["a", " b", " c", " d"])
+    image = spec["layer"][0]
+    assert image["mark"]["tooltip"] is False and "tooltip" not in image["encoding"]
+
+
+def test_token_tooltips_say_text_score_rank_and_state():
+    states = np.array([HEAVY, EVICTED, RECENT, RECENT])
+    tips = figures.token_tooltips(["The", " cat", " sat", " on"], np.array([3.0, 0.5, 1.0, 0.2]),
+                                  3, np.array([-1, 2, -1, -1]), states)  # fmt: skip
+    assert tips[0] == "'The' (token 0): score 3, rank 1 of 4; kept: older (heavy hitter)"
+    assert tips[1] == "' cat' (token 1): score 0.5, rank 3 of 4; evicted at step 2"

@@ -38,7 +38,7 @@ def test_store_is_json_with_the_engine_sweep_records(store):
     assert payload["format"] == precompute.FORMAT and payload["trace_sha256"] == sha
     cells = precompute.read_store(sha)
     assert set(cells) == {"h2o@0.2", "h2o@0.5", "window@0.2", "window@0.5", "opt@0.2",
-                          "opt@0.5", "full@0.2"}  # full: once (fixed budget)  # fmt: skip
+                          "opt@0.5", "full@fixed"}  # full: once (fixed budget)  # fmt: skip
     config = ReplayConfig(*precompute.DEFAULT_OPTIONS, output_error=True)
     (fresh,) = sweep(Trace.load(store), [make_policy("h2o")], [0.5], config=config)
     stored = cells["h2o@0.5"]
@@ -64,5 +64,6 @@ def test_the_race_reads_the_store_instead_of_replaying(store, monkeypatch):
     app.session_state["race_budgets"] = [0.2, 0.5]
     app.run()
     assert not app.exception, app.exception
-    table = app.dataframe[0].value
-    assert len(table) == 7 and table["gap_to_opt"].notna().sum() == 6  # full: other budget
+    table = app.dataframe[0].value.set_index(["policy", "budget_requested"])
+    assert len(table) == 7 and table["gap_to_opt"].notna().sum() == 6  # full: another k
+    assert table.loc[("full", 0.2), "output_error"] == 0.0  # stored with the output error

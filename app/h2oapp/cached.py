@@ -156,8 +156,10 @@ def precomputed_record(
     options only; stored with the output error, so it serves both choices)."""
     if options != precompute.DEFAULT_OPTIONS or params != default_params(policy):
         return None
-    record = _stored(key).get("records", {}).get(precompute.cell_key(policy, budget))
-    return None if record is None else dict(record)
+    fixed = fixed_budget(key, policy, params) is not None
+    cell = precompute.cell_key(policy, None if fixed else budget)
+    record = _stored(key).get("records", {}).get(cell)
+    return None if record is None else dict(record, budget_requested=float(budget))
 
 
 def default_params(policy: str) -> Params:

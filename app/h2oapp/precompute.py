@@ -61,9 +61,11 @@ def store_path(sha256: str) -> Path:
     return store_folder() / f"{sha256[:24]}.json"
 
 
-def cell_key(policy: str, budget: float) -> str:
-    """The key of one cell. Example: ("h2o", 0.2) -> "h2o@0.2"."""
-    return f"{policy}@{float(budget):g}"
+def cell_key(policy: str, budget: float | None) -> str:
+    """The key of one cell; a policy that sets its own budget (``full``, ``h2o-mask``) has
+    one cell whatever the race's budget. Example: ("h2o", 0.2) -> "h2o@0.2";
+    ("full", None) -> "full@fixed"."""
+    return f"{policy}@fixed" if budget is None else f"{policy}@{float(budget):g}"
 
 
 def read_payload(sha256: str) -> dict[str, Any]:
@@ -94,8 +96,9 @@ def precompute(
     records: dict[str, dict[str, Any]] = {}
     for name in policies:
         policy = make_policy(name)
+        fixed = policy.fixed_budget(trace.n, trace.prompt_length) is not None
         for record in sweep(trace, [policy], list(budgets), config=config):
-            records[cell_key(name, record["budget_requested"])] = record
+            records[cell_key(name, None if fixed else record["budget_requested"])] = record
     path = store_path(sha)
     path.parent.mkdir(parents=True, exist_ok=True)
     from h2oapp.analysis import showcase_head
