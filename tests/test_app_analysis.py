@@ -111,6 +111,7 @@ def test_charts_build_valid_vega_lite_specs():
                 "ratio_min": rng.random(30),
                 "ratio_max": rng.random(30),
                 "bound_mean": rng.random(30),
+                "bound_exp_mean": rng.random(30),
                 "prompt_length": 20,
             }
         ),
