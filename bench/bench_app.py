@@ -51,6 +51,7 @@ DRAWN = {  # the page's main visual, drawn
     "eviction_dynamics": '[data-testid="stVegaLiteChart"] svg',
     "policy_race": '[data-testid="stVegaLiteChart"] svg',
     "live_lab": '[data-testid="stForm"]',
+    "theory_lab": '[data-testid="stVegaLiteChart"] svg',  # not in the default --pages
 }
 LIMITS = {"cold page": 2.0, "interaction p95": 1.0}
 
@@ -103,7 +104,8 @@ def interactions(page_name: str) -> list[tuple[str, Callable[[object], Awaitable
         return [
             ("step forward", lambda p: click(p, ".st-key-bh_forward button")),
             ("step back", lambda p: click(p, ".st-key-bh_back button")),
-            ("play one frame, pause", lambda p: _play_pause(p, "bh")),
+            ("press play", lambda p: click(p, ".st-key-bh_play button")),
+            ("press pause", lambda p: click(p, ".st-key-bh_play button")),
             ("recent r: one more", lambda p: _slider_key(p, "bh_recent", "ArrowRight")),
         ]
     if page_name == "trace_explorer":
@@ -115,7 +117,8 @@ def interactions(page_name: str) -> list[tuple[str, Callable[[object], Awaitable
     if page_name == "eviction_dynamics":
         return [
             ("step forward", lambda p: click(p, ".st-key-dyn_forward button")),
-            ("play one frame, pause", lambda p: _play_pause(p, "dyn")),
+            ("press play", lambda p: click(p, ".st-key-dyn_play button")),
+            ("press pause", lambda p: click(p, ".st-key-dyn_play button")),
             ("budget +0.05 (new replays)", lambda p: _slider_key(p, "dyn_budget", "ArrowRight")),
             ("measure output error", lambda p: click(p, ".st-key-dyn_output_error label")),
         ]
@@ -127,13 +130,6 @@ def interactions(page_name: str) -> list[tuple[str, Callable[[object], Awaitable
             ("second chart: output error", lambda p: click(p, '.st-key-race_second label:has-text("attention-output error")')),
         ]  # fmt: skip
     return []
-
-
-async def _play_pause(page, prefix: str) -> None:
-    mark = await page.evaluate(RUNS)
-    await click(page, f".st-key-{prefix}_play button")
-    await settle(page, mark)
-    await click(page, f".st-key-{prefix}_play button")
 
 
 async def _slider_key(page, key: str, press: str) -> None:

@@ -129,7 +129,7 @@ def heatmap_png(matrix: np.ndarray, low: float, high: float, log_scale: bool) ->
     return buffer.getvalue()
 
 
-HOVER_GRID = 96  # the heatmap's tooltips: at most this many cells per side
+HOVER_GRID = 64  # the heatmap's tooltips: at most this many cells per side (~2k cells)
 
 
 def heatmap_cells(
