@@ -185,6 +185,25 @@ def totals(rows: list[tuple[str, str, float]], label: str) -> str:
     return text
 
 
+def script_times(traces: list[Path], pages: list[str]) -> list[tuple[str, str, float]]:
+    """The Python side alone: each page's first script run per trace in a fresh
+    ``AppTest`` session of this process (no browser, no websocket), in a separate process
+    from the server above so its caches start cold too."""
+    from streamlit.testing.v1 import AppTest
+
+    rows = []
+    for trace in traces:
+        app = AppTest.from_file(str(REPO_ROOT / "app" / "main.py"), default_timeout=600)
+        app.session_state["trace"] = str(trace)
+        for name in pages:
+            started = time.perf_counter()
+            (app.run() if name == "by_hand" else app.switch_page(f"views/{name}.py").run())
+            rows.append(("script run", name, time.perf_counter() - started))
+            if app.exception:
+                raise RuntimeError(f"{name}: {app.exception[0].message}")
+    return rows
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -241,6 +260,13 @@ async def run(args: argparse.Namespace) -> int:
                 print("\n".join(summary(concurrent)))
                 print(totals(concurrent, f"{args.sessions} sessions"))
             await browser.close()
+        if args.script_times:
+            paths = [Path(t) for t in (args.trace or shipped_traces())]
+            rows = script_times([p.resolve() for p in paths], pages)
+            print(
+                "\nthe Python side alone (AppTest, a new session per trace, first run of each page)"
+            )
+            print("\n".join(summary(rows)))
     finally:
         server.terminate()
         try:
@@ -260,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="concurrent sessions for the second part (0 = skip)")  # fmt: skip
     parser.add_argument("--concurrent-timeout", type=float, default=600.0,
                         help="seconds the concurrent part may take at most")  # fmt: skip
+    parser.add_argument("--script-times", action="store_true",
+                        help="also time each page's script alone (AppTest, no browser)")  # fmt: skip
     args = parser.parse_args(argv)
     if not 0 <= args.sessions <= 20:
         parser.error("--sessions must be between 0 and 20 (a bounded load on 127.0.0.1)")

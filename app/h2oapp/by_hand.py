@@ -75,7 +75,7 @@ def toy_trace(tokens: list[str], weights: list[float]) -> Trace:
                              metadata={"model": "toy", "tool": "h2oapp.by_hand"})  # fmt: skip
 
 
-def h2o_policy(budget: int, recent: int):
+def h2o_policy(budget: int, recent: int) -> ScorePolicy:
     """``h2o`` with ``recent`` protected tokens of ``budget`` (heavy = budget - recent).
 
     Example: k=4, recent=2 -> heavy_ratio 0.5 (H2O's default 2 heavy + 2 recent).

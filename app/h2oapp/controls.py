@@ -82,7 +82,6 @@ BASE_CSS = """<style>
 /* the chart toolbar (fullscreen, menu) sits inside the chart, not over the row above */
 [data-testid="stElementToolbar"] { top: 0.1rem !important; right: 0.1rem !important; }
 </style>"""
-SHARED_KEYS = {"trace": "trace", "policies": None, "budget": None, "step": None}
 
 
 def presenter() -> bool:
@@ -325,10 +324,12 @@ def own_text_box() -> None:
                 st.warning("Type a text first.")
                 return
             try:
-                with st.spinner(
-                    "SmolLM2 reads your text (the first time also loads the model) ..."
-                ):
+                with st.status("Tracing your text with SmolLM2 ...") as status:
+                    status.write("1. the model (loaded once per server, in the background)")
+                    live_runs.live_model()
+                    status.write(f"2. the model reads up to {tokens} tokens, recording attention")
                     path, info = live_runs.own_text_trace(text, tokens)
+                    status.update(label=f"Traced: {info}", state="complete")
             except ValueError as exc:
                 st.error(f"Cannot trace this text: {exc}")
                 return

@@ -130,10 +130,6 @@ def start_loading_model() -> None:
     _model_future()
 
 
-def model_ready() -> bool:
-    return _model_future().done()
-
-
 @st.cache_data(max_entries=64, show_spinner=False, persist=False)
 def own_text_trace(text: str, max_tokens: int) -> tuple[str, str]:
     """Dump ``text`` (its first ``max_tokens`` tokens) through the bundled model into a
