@@ -9,7 +9,8 @@ through Playwright (``executable_path=/usr/bin/chromium``):
    opened cold (a new browser tab = a new Streamlit session), then the scripted
    interactions of that page. A time runs from the action until the app's script has
    finished (``data-test-script-state`` back to ``notRunning``) and the page's main
-   visual is drawn.
+   visual is drawn. A session's tabs share one browser context (its HTTP cache holds the
+   front end after the first tab); ``--fresh-cache`` gives every tab an empty cache.
 2. **concurrent**: N sessions (default 10) at once, each opening the Policy race on
    another trace cold and doing its interactions; bounded by ``--concurrent-timeout``.
 
@@ -152,15 +153,22 @@ async def open_page(browser, url: str, name: str) -> tuple[object, float]:
     return page, seconds
 
 
-async def session(browser, base: str, trace: str, pages: list[str], rows: list) -> None:
-    """One student: each page cold, then its interactions; rows get (kind, what, seconds)."""
+async def session(browser, base: str, trace: str, pages: list[str], rows: list,
+                  fresh_cache: bool = False) -> None:  # fmt: skip
+    """One student: each page cold (a new tab, so a new Streamlit session), then its
+    interactions; rows get (kind, what, seconds). The tabs share one browser context (its
+    HTTP cache holds Streamlit's front end after the first tab, as a student's browser
+    would) unless ``fresh_cache``, where every tab starts with an empty cache."""
+    context = None if fresh_cache else await browser.new_context()
     for name in pages:
         path = "" if name == "by_hand" else name  # the default page lives at the root
-        page, seconds = await open_page(browser, f"{base}/{path}?trace={trace}", name)
+        page, seconds = await open_page(context or browser, f"{base}/{path}?trace={trace}", name)
         rows.append(("cold page", name, seconds))
         for what, act in interactions(name):
             rows.append(("interaction", f"{name}: {what}", await act_and_settle(page, act)))
         await page.close()
+    if context is not None:
+        await context.close()
 
 
 def summary(rows: list[tuple[str, str, float]]) -> list[str]:
@@ -244,15 +252,15 @@ async def run(args: argparse.Namespace) -> int:
             browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
             rows: list[tuple[str, str, float]] = []
             for trace in traces:
-                await session(browser, base, trace, pages, rows)
+                await session(browser, base, trace, pages, rows, args.fresh_cache)
             print(f"single session, {len(traces)} traces ({', '.join(traces)}), 1280x720")
             print("\n".join(summary(rows)))
             print(totals(rows, "single session"))
             if args.sessions:
                 concurrent: list[tuple[str, str, float]] = []
                 started = time.perf_counter()
-                tasks = [session(browser, base, traces[i % len(traces)], ["policy_race"], concurrent)
-                         for i in range(args.sessions)]  # fmt: skip
+                tasks = [session(browser, base, traces[i % len(traces)], ["policy_race"], concurrent,
+                                 args.fresh_cache) for i in range(args.sessions)]  # fmt: skip
                 await asyncio.wait_for(asyncio.gather(*tasks), timeout=args.concurrent_timeout)
                 wall = time.perf_counter() - started
                 print(f"\n{args.sessions} concurrent sessions on 127.0.0.1 (Policy race cold + "
@@ -286,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="concurrent sessions for the second part (0 = skip)")  # fmt: skip
     parser.add_argument("--concurrent-timeout", type=float, default=600.0,
                         help="seconds the concurrent part may take at most")  # fmt: skip
+    parser.add_argument("--fresh-cache", action="store_true",
+                        help="every tab with an empty browser cache (a first visit)")  # fmt: skip
     parser.add_argument("--script-times", action="store_true",
                         help="also time each page's script alone (AppTest, no browser)")  # fmt: skip
     args = parser.parse_args(argv)
