@@ -141,7 +141,8 @@ async def _slider_key(page, key: str, press: str) -> None:
 
 async def open_page(browser, url: str, name: str) -> tuple[object, float]:
     """A new tab (a new session) on ``url``: seconds until the run ended and it drew."""
-    page = await browser.new_page(viewport={"width": 1280, "height": 720})
+    page = await browser.new_page()  # a Browser or a BrowserContext
+    await page.set_viewport_size({"width": 1280, "height": 720})
     started = time.perf_counter()
     await page.goto(url, wait_until="domcontentloaded", timeout=120_000)
     await page.wait_for_selector('[data-testid="stMainBlockContainer"] h1', timeout=120_000)
