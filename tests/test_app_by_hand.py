@@ -112,3 +112,14 @@ def test_real_attention_mode_runs_the_model_on_the_sentence(app):
     assert len(table) > 0 and all(table["evicted"])  # the cache filled and h2o evicted
     first = table.iloc[0]
     assert first["evicted"] not in first["protected (recent)"].split(", ")
+
+
+def test_another_sentence_gets_its_own_weights_and_table(app):
+    app.text_input(key="bh_sentence").input("The quick brown fox jumps over the lazy dog").run()
+    assert not app.exception
+    assert app.number_input(key="bh_w0").value == 3.0  # sink-like first word, the rest 1
+    assert app.number_input(key="bh_w8").value == 1.0
+    table = app.dataframe[0].value
+    assert list(table["step t"]) == [4, 5, 6, 7, 8]  # k = 4: one eviction per new word
+    app.text_input(key="bh_sentence").input("two words").run()
+    assert "at least three words" in app.warning[0].value

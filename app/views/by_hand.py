@@ -143,16 +143,21 @@ def step_view(t: int) -> None:
         column.html(figures.cache_text_html(tokens, states, t, scores[t] if name == "h2o" else None,
                                             replayed.evicted_at[unit]))  # fmt: skip
         column.caption("kept: " + ", ".join(names[j] for j in kept))
+    st.subheader("Every eviction of h2o")
+    if step_rows.empty:
+        st.info("The cache never fills: choose a smaller k.")
+        return
+    current = step_rows["step t"] == t  # this step's row is highlighted
+
+    def mark(row: pd.Series) -> list[str]:
+        return ["background-color: #fde0ef" if current[row.name] else ""] * len(row)
+
+    st.dataframe(step_rows.style.apply(mark, axis=1), hide_index=True, width="stretch")
 
 
 st.subheader("Step by step")
 player("bh", n - 1, step_view, speeds=(1, 2), start_at=min(n - 1, k))
 
-st.subheader("Every eviction of h2o")
-if step_rows.empty:
-    st.info("The cache never fills: choose a smaller k.")
-else:
-    st.dataframe(step_rows, hide_index=True, width="stretch", key="bh_table")
 table = pd.DataFrame(np.round(scores, 3), columns=[f"{j} {names[j]}" for j in range(n)])
 table.insert(0, "step t", np.arange(n))
 with st.expander("Accumulated scores at every step (blank: not in the cache)"):
