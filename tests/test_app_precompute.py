@@ -67,3 +67,11 @@ def test_the_race_reads_the_store_instead_of_replaying(store, monkeypatch):
     table = app.dataframe[0].value.set_index(["policy", "budget_requested"])
     assert len(table) == 7 and table["gap_to_opt"].notna().sum() == 6  # full: another k
     assert table.loc[("full", 0.2), "output_error"] == 0.0  # stored with the output error
+
+
+def test_results_made_by_other_code_are_not_read(store, monkeypatch):
+    """A stored payload carries the library's fingerprint: after a code change it misses."""
+    sha = precompute.file_sha256(store)
+    assert precompute.read_store(sha)  # made by this code: read
+    monkeypatch.setattr(precompute, "_ENGINE", "another version of h2osim")
+    assert precompute.read_store(sha) == {}

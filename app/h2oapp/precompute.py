@@ -57,6 +57,16 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
+def engine_fingerprint() -> str:
+    """SHA-256 of the library's source (every ``h2osim/**/*.py``): stored results are read
+    only by the code that made them, so a changed engine or policy never shows stale numbers."""
+    digest = hashlib.sha256()
+    for path in sorted((REPO_ROOT / "h2osim").rglob("*.py")):
+        digest.update(path.relative_to(REPO_ROOT).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
 def store_path(sha256: str) -> Path:
     return store_folder() / f"{sha256[:24]}.json"
 
@@ -66,6 +76,9 @@ def cell_key(policy: str, budget: float | None) -> str:
     one cell whatever the race's budget. Example: ("h2o", 0.2) -> "h2o@0.2";
     ("full", None) -> "full@fixed"."""
     return f"{policy}@fixed" if budget is None else f"{policy}@{float(budget):g}"
+
+
+_ENGINE = engine_fingerprint()  # the running code's fingerprint, computed once per process
 
 
 def read_payload(sha256: str) -> dict[str, Any]:
@@ -78,6 +91,8 @@ def read_payload(sha256: str) -> dict[str, Any]:
         return {}
     if payload.get("format") != FORMAT or payload.get("trace_sha256") != sha256:
         return {}
+    if payload.get("engine") != _ENGINE:
+        return {}  # made by other code: replay instead
     return payload
 
 
@@ -104,7 +119,7 @@ def precompute(
     from h2oapp.analysis import showcase_head
 
     write_json(path, {"format": FORMAT, "trace": trace_path.name, "trace_sha256": sha,
-                      "options": DEFAULT_OPTIONS, "showcase": showcase_head(trace),
+                      "engine": _ENGINE, "options": DEFAULT_OPTIONS, "showcase": showcase_head(trace),
                       "records": records})  # fmt: skip
     return path
 
@@ -115,6 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="trace files (default: every *.npz in traces/)")  # fmt: skip
     parser.add_argument("--all-policies", action="store_true",
                         help="every registered policy, not only the classroom set")  # fmt: skip
+    parser.add_argument("--if-stale", action="store_true",
+                        help="skip traces whose stored results this code made (setup's default)")  # fmt: skip
     args = parser.parse_args(argv)
     from h2osim.cli import limit_threads
 
@@ -124,6 +141,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     names = policy_names() if args.all_policies else [n for n in CLASSROOM if n in policy_names()]
     for path in traces:
+        if args.if_stale and read_payload(file_sha256(path)):
+            print(f"{path.name}: stored results are current")
+            continue
         started = time.perf_counter()
         written = precompute(path, names)
         print(f"{path.name}: {len(names)} policies x {len(BUDGET_GRID)} budgets -> {written} "
