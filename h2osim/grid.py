@@ -54,25 +54,63 @@ from h2osim.policies import Policy, make_policy, policy_names
 FIXED = None  # budget_requested of a policy that sets its own budget (full, absolute sizes)
 
 
-def parse_budgets(text: str, flag: str = "--sweep") -> list[float]:
-    """``"start:stop:step"`` (inclusive) or a comma list.
+MAX_BUDGETS = 200  # budgets one --sweep/--budget may ask for (each is a replay of every policy)
 
-    Example: "0.1:0.3:0.1" -> [0.1, 0.2, 0.3]; "0.05,0.5" -> [0.05, 0.5]."""
+
+def parse_budgets(text: str, flag: str = "--sweep") -> list[float]:
+    """``"start:stop:step"`` (inclusive) or a comma list; errors name ``flag``.
+
+    Every budget is checked like ``--budget`` (finite, a fraction in (0, 1] or a whole
+    count) and at most :data:`MAX_BUDGETS` are allowed, counted before any list is
+    built: "0.1:0.5:1e-12" and "0:inf:0.1" are refused, not expanded.
+    Example: "0.1:0.3:0.1" -> [0.1, 0.2, 0.3]; "0.05,0.5" -> [0.05, 0.5].
+    """
     import numpy as np
 
+    from h2osim.cli import ArgumentValueError, budget_value
+    from h2osim.files import printable
+
+    if len(text) > 10_000:
+        raise ValueError(
+            f"{flag} is {len(text)} characters long; give at most {MAX_BUDGETS} budgets"
+        )
     if ":" in text:
         parts = text.split(":")
         if len(parts) != 3:
-            raise ValueError(f"{flag} takes start:stop:step, got {text!r}")
-        start, stop, step = (float(part) for part in parts)
-        if step <= 0 or stop < start:
-            raise ValueError(f"{flag} needs step > 0 and stop >= start, got {text!r}")
-        count = int(np.floor((stop - start) / step + 1e-9)) + 1
-        return [round(start + i * step, 10) for i in range(count)]
-    try:
-        return [float(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise ValueError(f"{flag} takes A:B:STEP or a comma list of numbers, got {text!r}") from None
+            raise ValueError(f"{flag} takes start:stop:step, got {printable(text[:80])!r}")
+        try:
+            start, stop, step = (float(part) for part in parts)
+        except ValueError:
+            raise ValueError(
+                f"{flag} takes numbers start:stop:step, got {printable(text[:80])!r}"
+            ) from None
+        if not all(np.isfinite([start, stop, step])) or step <= 0 or stop < start:
+            raise ValueError(
+                f"{flag} needs finite numbers, step > 0 and stop >= start, got {printable(text[:80])!r}"
+            )
+        points = (stop - start) / step + 1e-9
+        if not points < MAX_BUDGETS:
+            raise ValueError(f"{flag} {printable(text[:80])} asks for {points + 1:.3g} budgets; "
+                             f"at most {MAX_BUDGETS} (use a larger step)")  # fmt: skip
+        budgets = [round(start + i * step, 10) for i in range(int(np.floor(points)) + 1)]
+    else:
+        parts = [part.strip() for part in text.split(",") if part.strip()]
+        if not parts:
+            raise ValueError(f"{flag} needs at least one budget, got {printable(text[:80])!r}")
+        if len(parts) > MAX_BUDGETS:
+            raise ValueError(f"{flag} lists {len(parts)} budgets; at most {MAX_BUDGETS}")
+        budgets = []
+        for part in parts:
+            try:
+                budgets.append(float(part))
+            except ValueError:
+                raise ValueError(f"{flag}: {printable(part[:40])!r} is not a number") from None
+    for budget in budgets:
+        try:
+            budget_value(str(budget))
+        except ArgumentValueError as exc:
+            raise ValueError(f"{flag}: {exc}") from None
+    return budgets
 
 
 def file_hash(path: str | os.PathLike[str]) -> str:
@@ -203,12 +241,13 @@ _TRACES: dict[str, Any] = {}  # sha256 -> Trace: this process's open traces (wor
 _OPEN_TRACES = 4  # at most this many kept open per process (each caches decoded layers)
 
 
-def trace_ref(path: str | os.PathLike[str]) -> TraceRef:
-    """Open ``path`` once (header and validation) and hash its bytes; the open trace stays
-    in this process's cache, so an in-process run does not load it again."""
+def trace_ref(path: str | os.PathLike[str], trace: Any = None) -> TraceRef:
+    """Open ``path`` once (header and validation; or take the already open ``trace``) and
+    hash its bytes; the open trace stays in this process's cache, so an in-process run
+    does not load it again."""
     from h2osim.trace import Trace
 
-    trace = Trace.load(path)
+    trace = Trace.load(path) if trace is None else trace
     ref = TraceRef(str(path), file_hash(path), trace.n, trace.prompt_length, trace.describe(),
                    tuple(int(layer) for layer in trace.layers), trace.num_heads,
                    trace.num_kv_heads)  # fmt: skip
@@ -314,7 +353,9 @@ def load_grid(path: str | os.PathLike[str], extra_traces: Sequence[str] = ()) ->
         params = {key: _values(value) for key, value in entry.items() if key != "name"}
         for name in names:
             for combo in itertools.product(*params.values()):
-                specs.append(PolicySpec.of(make_policy(name, **dict(zip(params, combo, strict=True)))))
+                specs.append(
+                    PolicySpec.of(make_policy(name, **dict(zip(params, combo, strict=True))))
+                )
     specs = list(dict.fromkeys(specs))
     table = data.get("config", {})
     bad = set(table) - CONFIG_KEYS

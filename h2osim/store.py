@@ -158,7 +158,9 @@ class ResultStore:
         Unknown column names raise ValueError."""
         unknown = set(equal) - set(COLUMNS)
         if unknown:
-            raise ValueError(f"no store column {sorted(unknown)[0]!r}; columns: {', '.join(COLUMNS)}")
+            raise ValueError(
+                f"no store column {sorted(unknown)[0]!r}; columns: {', '.join(COLUMNS)}"
+            )
         if trace is not None:
             from h2osim.grid import file_hash
 

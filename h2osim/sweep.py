@@ -402,8 +402,11 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--scheduler", metavar="tcp://HOST:PORT",
                        help="run on this existing Dask cluster instead (workers read traces by "
                        "path: they need the same files)")  # fmt: skip
-    group.add_argument("--per-step", action="store_true",
-                       help="also store per-step curves (mean over cache units) of each row")
+    group.add_argument(
+        "--per-step",
+        action="store_true",
+        help="also store per-step curves (mean over cache units) of each row",
+    )
     group.add_argument("--split", choices=SPLITS, default="auto",
                        help="opt/belady as one task per cache unit (unit; auto = on Dask) or one "
                        "per cell (cell)")  # fmt: skip
