@@ -200,7 +200,7 @@ def dask_client(scheduler: str | None, workers: int) -> Iterator[Any]:
                         "pip install 'dask[distributed]'") from None  # fmt: skip
     if scheduler is not None:
         try:
-            client = Client(scheduler, timeout=30)
+            client = Client(scheduler)  # waits distributed.comm.timeouts.connect (30 s)
         except (OSError, TimeoutError) as exc:
             raise ValueError(f"cannot reach the Dask scheduler at {scheduler} ({exc}); "
                              "start one with `dask scheduler` or drop --scheduler") from None  # fmt: skip
@@ -475,8 +475,9 @@ def run(args: argparse.Namespace) -> int:
              f"a local Dask cluster of {args.workers} workers" if args.workers > 1
              else "this process")  # fmt: skip
     stored = f"; store {args.store}: {result.reused} rows read" if store is not None else ""
-    print(f"grid: {len(result.cells)} cells, {result.computed} computed in {where} "
-          f"({result.seconds:.1f} s){stored}", file=sys.stderr)  # fmt: skip
+    tasks = f" ({result.tasks} Dask tasks)" if result.tasks else ""
+    print(f"grid: {len(result.cells)} cells, {result.computed} computed in {where}{tasks} "
+          f"in {result.seconds:.1f} s{stored}", file=sys.stderr)  # fmt: skip
     return 0
 
 
