@@ -151,6 +151,11 @@ class ResultStore:
         key = cell_or_key if isinstance(cell_or_key, str) else cell_or_key.key
         return self._load().get(key)
 
+    def lookup(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The stored rows of ``keys`` (those that have one), by key; one load for all."""
+        rows = self._load()
+        return {key: rows[key] for key in keys if key in rows}
+
     def rows(self, *, trace: str | os.PathLike[str] | None = None,
              **equal: Any) -> list[dict[str, Any]]:  # fmt: skip
         """Rows whose columns equal ``equal`` (e.g. ``policy="h2o"``, ``budget_requested=0.2``,

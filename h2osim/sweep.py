@@ -207,10 +207,24 @@ def dask_client(scheduler: str | None, workers: int) -> Iterator[Any]:
         with client:
             yield client
         return
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                      dashboard_address=None, silence_logs=logging.ERROR) as cluster, \
+    with local_cluster_config(), LocalCluster(n_workers=workers, threads_per_worker=1,
+                                              processes=True, dashboard_address=None,
+                                              silence_logs=logging.ERROR) as cluster, \
             Client(cluster) as client:  # fmt: skip
         yield client
+
+
+def local_cluster_config():
+    """Dask settings for h2osim's local workers: the nanny's default environment minus
+    ``MALLOC_TRIM_THRESHOLD_``. Dask sets it to 65536 to hand freed memory back to the OS;
+    glibc then stops raising its mmap threshold, so every step's temporary arrays (a few
+    hundred kB) are fresh, zero-filled mappings: a replay of a shipped trace took 2.4x
+    longer with it (0.45 s vs 0.19 s per cell, bench/bench_sweep.py's cells)."""
+    import dask
+
+    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
+    environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+    return dask.config.set({"distributed.nanny.pre-spawn-environ": environ})
 
 
 def run_grid(
@@ -237,11 +251,11 @@ def run_grid(
         raise ValueError(f"--workers must be >= 1, got {workers}")
     started = time.perf_counter()
     cells = grid.cells()
-    stored = {} if store is None else {row["key"]: row for row in
-                                       (store.get(c) for c in cells) if row is not None}  # fmt: skip
     todo = list({cell.key: cell for cell in (cells if store is None else
                                              store.missing(cells, per_step))}.values())  # fmt: skip
-    stored = {key: row for key, row in stored.items() if key not in {c.key for c in todo}}
+    computing = {cell.key for cell in todo}
+    stored = {} if store is None else {key: row for key, row in store.lookup(
+        cell.key for cell in cells).items() if key not in computing}  # fmt: skip
     done: dict[str, dict[str, Any]] = {}
     pending: list[dict[str, Any]] = []
     last_flush = time.monotonic()
@@ -490,5 +504,5 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["GridRun", "dask_client", "group_records", "main", "plan_unit", "print_sweep",
+__all__ = ["GridRun", "dask_client", "group_records", "local_cluster_config", "main", "plan_unit", "print_sweep",
            "replay_planned", "report", "run_cell", "run_grid"]  # fmt: skip

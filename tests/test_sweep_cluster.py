@@ -83,3 +83,16 @@ def test_worker_killed_mid_grid_is_rescheduled(tmp_path):
     raw = [row for part in store.parts() for row in read_part(part)]
     assert len(raw) == len({row["key"] for row in raw}) == len(grid.cells())  # exactly once
     assert deterministic(raw) == deterministic(serial.rows)
+
+
+def test_local_cluster_workers_flag_equals_serial_run(tmp_path, capsys):
+    """``--workers 2``: the run starts (and closes) its own LocalCluster, without Dask's
+    MALLOC_TRIM_THRESHOLD_ in the workers, and stores the rows a serial run stores."""
+    trace = small_trace(tmp_path / "t.npz")
+    argv = [str(trace), "--policy", "h2o,opt", "--budget", "0.3", "--no-progress"]
+    assert main([*argv, "--store", str(tmp_path / "serial")]) == 0
+    assert main([*argv, "--store", str(tmp_path / "local"), "--workers", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "computed in a local Dask cluster of 2 workers (7 Dask tasks)" in err
+    serial = ResultStore(tmp_path / "serial").rows()
+    assert deterministic(ResultStore(tmp_path / "local").rows()) == deterministic(serial)
