@@ -71,6 +71,38 @@ def python_kernel(_: int = 0) -> float:
     return time.perf_counter() - started
 
 
+MALLOC_PROBE = """
+import statistics, sys
+sys.path.insert(0, {root!r})
+from h2osim.cli import limit_threads
+from h2osim.grid import Grid, RunConfig, policy_specs, trace_ref
+from h2osim.sweep import run_grid
+limit_threads()
+grid = Grid([trace_ref({trace!r})], policy_specs(["h2o", "window", "tova", "lru"], {{}}),
+            [0.1, 0.2], [RunConfig(output_error=False)])
+print(statistics.mean(row["seconds"] for row in run_grid(grid).rows))
+"""
+
+
+def malloc_check() -> None:
+    """Dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536 in its workers: 8 cells in a fresh
+    process without it and with it (why h2osim's local cluster drops it)."""
+    import subprocess
+
+    code = MALLOC_PROBE.format(root=str(ROOT), trace=str(ROOT / "traces" / TRACES[0]))
+    means = {}
+    for setting in (None, "65536"):
+        env = {k: v for k, v in os.environ.items() if k != "MALLOC_TRIM_THRESHOLD_"}
+        if setting:
+            env["MALLOC_TRIM_THRESHOLD_"] = setting
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                              text=True, check=True)  # fmt: skip
+        means[setting] = float(done.stdout.split()[-1])
+    print(f"   mean replay per cell: {means[None] * 1e3:.0f} ms unset, "
+          f"{means['65536'] * 1e3:.0f} ms with MALLOC_TRIM_THRESHOLD_=65536 "
+          f"({means['65536'] / means[None]:.2f}x slower)")  # fmt: skip
+
+
 def ceiling(workers: int) -> None:
     """What this machine allows: one kernel alone vs ``workers`` copies at once."""
     from concurrent.futures import ProcessPoolExecutor
@@ -110,10 +142,12 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} CPUs, load average {load()} (1, 5, 15 min)")
     print(f"0. ceiling of {args.workers} processes on this machine (same kernel, side by side)")
     ceiling(args.workers)
+    print("   Dask's worker environment:")
+    malloc_check()
     started = time.perf_counter()
     with local_cluster_config():  # as h2osim.sweep --workers N starts it
         cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None, silence_logs=logging.ERROR)  # fmt: skip
+                               dashboard_address=":0", silence_logs=logging.ERROR)  # fmt: skip
     client = Client(cluster)
     print(
         f"local cluster of {args.workers} workers started in {time.perf_counter() - started:.1f} s"

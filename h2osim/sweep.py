@@ -208,7 +208,7 @@ def dask_client(scheduler: str | None, workers: int) -> Iterator[Any]:
             yield client
         return
     with local_cluster_config(), LocalCluster(n_workers=workers, threads_per_worker=1,
-                                              processes=True, dashboard_address=None,
+                                              processes=True, dashboard_address=":0",
                                               silence_logs=logging.ERROR) as cluster, \
             Client(cluster) as client:  # fmt: skip
         yield client

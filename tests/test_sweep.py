@@ -125,6 +125,7 @@ def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, trace, argv, needle)
     (tmp_path / "BAD").write_text("traces = [\n")
     argv = [str(tmp_path / a) if a in ("GRID", "BAD") else a for a in argv]
     import dask
+    import distributed  # noqa: F401  (its config defaults first: set() would drop them on exit)
 
     with dask.config.set({"distributed.comm.timeouts.connect": "2s"}):
         code, _, err = run(capsys, main, trace, *argv)
