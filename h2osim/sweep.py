@@ -218,8 +218,8 @@ def local_cluster_config():
     """Dask settings for h2osim's local workers: the nanny's default environment minus
     ``MALLOC_TRIM_THRESHOLD_``. Dask sets it to 65536 to hand freed memory back to the OS;
     glibc then stops raising its mmap threshold, so every step's temporary arrays (a few
-    hundred kB) are fresh, zero-filled mappings: a replay of a shipped trace took 2.4x
-    longer with it (0.45 s vs 0.19 s per cell, bench/bench_sweep.py's cells)."""
+    hundred kB) are fresh, zero-filled mappings: replays of a shipped trace took 2.2x
+    longer with it (708 vs 318 ms per cell; bench/bench_sweep.py measures it)."""
     import dask
 
     environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
