@@ -36,7 +36,7 @@ from h2osim.trace import Trace
 def parse_sweep(text: str) -> list[float]:
     """``"start:stop:step"`` (inclusive) or a comma list. Example: "0.1:0.3:0.1" -> [0.1, 0.2, 0.3].
 
-    Every budget is checked like ``--budget`` and at most :data:`MAX_SWEEP_BUDGETS` are
+    Every budget is checked like ``--budget`` and at most :data:`h2osim.grid.MAX_BUDGETS` are
     allowed (see :func:`h2osim.grid.parse_budgets`, which ``python -m h2osim.sweep`` shares).
     """
     from h2osim.grid import parse_budgets

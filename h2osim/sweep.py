@@ -249,6 +249,8 @@ def run_grid(
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if workers < 1:
         raise ValueError(f"--workers must be >= 1, got {workers}")
+    if not flush_seconds >= 0:
+        raise ValueError(f"--flush-seconds must be >= 0, got {flush_seconds}")
     started = time.perf_counter()
     cells = grid.cells()
     todo = list({cell.key: cell for cell in (cells if store is None else
@@ -406,7 +408,8 @@ def _suffixed(path: str, index: int) -> str:
 
 # --------------------------------------------------------------------------- CLI
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--store --workers --scheduler --per-step --split``: where and how the grid runs."""
+    """``--store --workers --scheduler --flush-seconds --per-step --split``: where and how
+    the grid runs."""
     group = parser.add_argument_group("where the grid runs and where its rows go")
     group.add_argument("--store", metavar="PATH",
                        help="results store folder (Parquet parts): stored cells are not recomputed")  # fmt: skip
@@ -416,6 +419,9 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--scheduler", metavar="tcp://HOST:PORT",
                        help="run on this existing Dask cluster instead (workers read traces by "
                        "path: they need the same files)")  # fmt: skip
+    group.add_argument("--flush-seconds", type=float, default=1.0, metavar="S",
+                       help="publish finished rows to the store at least every S seconds "
+                       "(default 1; 0: after every row)")  # fmt: skip
     group.add_argument(
         "--per-step",
         action="store_true",
@@ -451,8 +457,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_engine_arguments(parser)
     add_policy_arguments(parser)
-    for action in parser._actions:  # --budget takes a list or a range here
+    for action in parser._actions:  # --budget takes a list or a range here (parse_budgets)
         if action.dest == "budget":
+            action.type = None
             action.help = "budgets: A:B:STEP (inclusive) or a comma list; fractions in (0, 1] or counts > 1 (default 0.2)"  # fmt: skip
     return parser
 
@@ -462,6 +469,10 @@ GRID_FLAGS = ("policy", "budget", "sweep", "budget_of", "aggregation", "prompt_m
 
 
 def run(args: argparse.Namespace) -> int:
+    from h2osim.cli import check_counts, check_outputs, policy_parameters
+
+    check_outputs({"--json": args.json, "--csv": args.csv, "--plot": args.plot},
+                  inputs=[*args.traces, args.grid], stdout_ok={"--json", "--csv"})  # fmt: skip
     if args.grid:
         defaults = build_parser().parse_args([])
         given = [name for name in GRID_FLAGS if getattr(args, name) != getattr(defaults, name)]
@@ -478,12 +489,14 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("give at least one TRACE (or --grid FILE)")
         budgets = parse_budgets(args.sweep or args.budget, "--sweep" if args.sweep else "--budget")
         grid = grid_from_args(args, args.traces, budgets)
+    for trace in grid.traces:
+        check_counts(policy_parameters(args), trace.n)
     store = None if args.store is None else ResultStore(args.store)
     if len(grid.groups()) == 1:
         print(f"trace {grid.traces[0].path}: {grid.traces[0].describe}")
     result = run_grid(grid, store, workers=args.workers, scheduler=args.scheduler,
                       per_step=args.per_step, progress=not args.no_progress,
-                      split=args.split)  # fmt: skip
+                      split=args.split, flush_seconds=args.flush_seconds)  # fmt: skip
     report(result, grid, json_path=args.json, csv_path=args.csv, plot=args.plot)
     where = (f"Dask at {args.scheduler}" if args.scheduler else
              f"a local Dask cluster of {args.workers} workers" if args.workers > 1

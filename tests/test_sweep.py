@@ -165,7 +165,8 @@ def test_killed_run_leaves_complete_rows_and_resumes(tmp_path):
     trace = small_trace(tmp_path / "t.npz", n=200, layers=4, seed=3)
     store_path = tmp_path / "store"
     argv = [sys.executable, "-m", "h2osim.sweep", str(trace), "--policy", "h2o,window,tova,lru",
-            "--budget", "0.05:0.5:0.05", "--store", str(store_path), "--no-progress"]  # fmt: skip
+            "--budget", "0.05:0.5:0.05", "--store", str(store_path), "--no-progress",
+            "--flush-seconds", "0"]  # fmt: skip
     process = subprocess.Popen(argv, cwd=ROOT, env=child_env(), stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE)  # fmt: skip
     deadline = time.monotonic() + 90
