@@ -16,13 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from h2osim.cli import (
-    ArgumentValueError,
     add_policy_arguments,
     add_replay_arguments,
-    budget_value,
     check_counts,
     check_outputs,
     format_table,
@@ -31,62 +27,21 @@ from h2osim.cli import (
     requested_policies,
     run_cli,
 )
-from h2osim.engine import add_gap_to_opt, replay, resolve_budget, sweep
-from h2osim.files import printable, write_json, write_output
+from h2osim.engine import add_gap_to_opt, replay
+from h2osim.files import write_json, write_output
 from h2osim.policies import make_policy, policy_names
 from h2osim.trace import Trace
-
-MAX_SWEEP_BUDGETS = 200  # budgets one --sweep may ask for (each is a replay of every policy)
 
 
 def parse_sweep(text: str) -> list[float]:
     """``"start:stop:step"`` (inclusive) or a comma list. Example: "0.1:0.3:0.1" -> [0.1, 0.2, 0.3].
 
-    Every budget is checked like ``--budget`` (finite, a fraction in (0, 1] or a whole
-    count) and at most :data:`MAX_SWEEP_BUDGETS` are allowed, counted before any list is
-    built: "0.1:0.5:1e-12" and "0:inf:0.1" are refused, not expanded.
+    Every budget is checked like ``--budget`` and at most :data:`h2osim.grid.MAX_BUDGETS` are
+    allowed (see :func:`h2osim.grid.parse_budgets`, which ``python -m h2osim.sweep`` shares).
     """
-    if len(text) > 10_000:
-        raise ValueError(
-            f"--sweep is {len(text)} characters long; give at most {MAX_SWEEP_BUDGETS} budgets"
-        )
-    if ":" in text:
-        parts = text.split(":")
-        if len(parts) != 3:
-            raise ValueError(f"--sweep takes start:stop:step, got {printable(text[:80])!r}")
-        try:
-            start, stop, step = (float(part) for part in parts)
-        except ValueError:
-            raise ValueError(
-                f"--sweep takes numbers start:stop:step, got {printable(text[:80])!r}"
-            ) from None
-        if not all(np.isfinite([start, stop, step])) or step <= 0 or stop < start:
-            raise ValueError(
-                f"--sweep needs finite numbers, step > 0 and stop >= start, got {printable(text[:80])!r}"
-            )
-        points = (stop - start) / step + 1e-9
-        if not points < MAX_SWEEP_BUDGETS:
-            raise ValueError(f"--sweep {printable(text[:80])} asks for {points + 1:.3g} budgets; "
-                             f"at most {MAX_SWEEP_BUDGETS} (use a larger step)")  # fmt: skip
-        budgets = [round(start + i * step, 10) for i in range(int(np.floor(points)) + 1)]
-    else:
-        parts = [part.strip() for part in text.split(",") if part.strip()]
-        if not parts:
-            raise ValueError(f"--sweep needs at least one budget, got {printable(text[:80])!r}")
-        if len(parts) > MAX_SWEEP_BUDGETS:
-            raise ValueError(f"--sweep lists {len(parts)} budgets; at most {MAX_SWEEP_BUDGETS}")
-        budgets = []
-        for part in parts:
-            try:
-                budgets.append(float(part))
-            except ValueError:
-                raise ValueError(f"--sweep: {printable(part[:40])!r} is not a number") from None
-    for budget in budgets:
-        try:
-            budget_value(str(budget))
-        except ArgumentValueError as exc:
-            raise ValueError(f"--sweep: {exc}") from None
-    return budgets
+    from h2osim.grid import parse_budgets
+
+    return parse_budgets(text, "--sweep")
 
 
 # --------------------------------------------------------------------------- CLI
@@ -136,14 +91,9 @@ RESULT_COLUMNS = (
 
 
 def _csv_text(records: list[dict[str, Any]]) -> str:
-    import csv
-    import io
+    from h2osim.sweep import csv_text
 
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(records[0]))
-    writer.writeheader()
-    writer.writerows(records)
-    return buffer.getvalue()
+    return csv_text(records)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -158,20 +108,17 @@ def run(args: argparse.Namespace) -> int:
     progress = not args.no_progress
     print(f"trace {args.trace}: {trace.describe()}")
     bound_records: list[dict[str, Any]] = []  # the topk bound (with opt): not a policy
-    if budgets is not None:
-        for budget in budgets:
-            resolve_budget(budget, trace.n, trace.prompt_length, args.budget_of)
-        records = sweep(
-            trace, policies, budgets, budget_of=args.budget_of, config=config, progress=progress
-        )
-        if any(record["policy"] == "opt" for record in records):
-            from h2osim.oracles import topk_bound
+    if budgets is not None:  # a one-trace, one-config grid of h2osim.sweep, run in this process
+        from h2osim.grid import Grid, PolicySpec, RunConfig, check_budgets, trace_ref
+        from h2osim.sweep import group_records, print_sweep, run_grid
 
-            for budget in budgets:
-                bound = topk_bound(trace, budget, budget_of=args.budget_of, config=config)
-                bound_records.append({**bound.record(), "budget_requested": float(budget)})
-        add_gap_to_opt(records + bound_records)
-        _print_sweep(records + bound_records, budgets)
+        run_config = RunConfig(**vars(config), budget_of=args.budget_of)
+        grid = Grid([trace_ref(args.trace, trace)], [PolicySpec.of(policy) for policy in policies],
+                    budgets, [run_config])  # fmt: skip
+        check_budgets(grid)
+        swept = run_grid(grid, progress=progress)
+        records, bound_records = group_records(swept, grid, grid.traces[0], run_config)
+        print_sweep(records + bound_records, budgets)
         if args.plot:
             from h2osim.plots import plot_budget_curves
 
@@ -219,38 +166,6 @@ def run(args: argparse.Namespace) -> int:
     if args.csv:
         write_output(args.csv, _csv_text(records))
     return 0
-
-
-def _print_sweep(records: list[dict[str, Any]], budgets: Sequence[float]) -> None:
-    """Policies x budgets matrix of mean retained mass."""
-    by_policy: dict[str, dict[float, float]] = {}
-    for record in records:
-        by_policy.setdefault(record["policy"], {})[record["budget_requested"]] = record[
-            "retained_mass"
-        ]
-    rows = []
-    for policy, masses in by_policy.items():
-        row: dict[str, Any] = {"policy": policy}
-        for budget in budgets:
-            row[str(budget)] = masses.get(budget, masses.get(budgets[0]))
-        rows.append(row)
-    rows.sort(key=lambda row: -float(np.mean([row[str(b)] for b in budgets])))
-    print("mean retained attention mass by budget")
-    print(
-        format_table(
-            rows, [("policy", "policy", "s")] + [(str(b), f"{b:g}", ".4f") for b in budgets]
-        )
-    )
-    if any(record.get("gap_to_opt") is not None for record in records):
-        gaps: dict[str, dict[float, Any]] = {}
-        for record in records:
-            gaps.setdefault(record["policy"], {})[record["budget_requested"]] = record["gap_to_opt"]
-        print(
-            "gap to opt (opt's retained mass minus the policy's; '-': other budget or prompt mode)"
-        )
-        print(format_table([{"policy": row["policy"], **{str(b): gaps[row["policy"]].get(b)
-                                                          for b in budgets}} for row in rows],
-                           [("policy", "policy", "s")] + [(str(b), f"{b:g}", ".4f") for b in budgets]))  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,120 @@
+"""The results store: round trip, schema, atomic parts, and broken stores as one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from h2osim.grid import Grid, RunConfig, policy_specs, trace_ref
+from h2osim.store import COLUMNS, MARKER, ResultStore, StoreError, record_of, schema
+from h2osim.sweep import run_grid
+from tests.sweep_helpers import ROOT, child_env, deterministic, small_trace
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def filled(tmp_path_factory) -> tuple[Path, Path, list[dict]]:
+    folder = tmp_path_factory.mktemp("store")
+    trace = small_trace(folder / "t.npz")
+    grid = Grid([trace_ref(trace)], policy_specs(["h2o", "full", "opt"], {}), [0.25, 0.5],
+                [RunConfig(), RunConfig(prompt_mode="full", output_error=False)])  # fmt: skip
+    run = run_grid(grid, ResultStore(folder / "store"), per_step=True)
+    return folder / "store", trace, run.rows
+
+
+def test_round_trip_and_schema(filled, tmp_path):
+    path, _, rows = filled
+    store = ResultStore(path)
+    assert len(store) == len(rows) == 2 * (2 + 1 + 2 + 2)  # h2o, full, opt, topk per config
+    assert deterministic(store.rows()) == deterministic(rows)
+    assert {row["key"]: row for row in store.rows()} == {row["key"]: row for row in rows}
+    assert store.table().schema == schema() and tuple(store.table().column_names) == COLUMNS
+    for part in store.parts():  # every published part has exactly the schema
+        assert pq.read_schema(part).remove_metadata() == schema()
+    # a copy of the rows written to a new store reads back identically
+    copy = ResultStore(tmp_path / "copy")
+    copy.write(store.rows())
+    assert {r["key"]: r for r in copy.rows()} == {r["key"]: r for r in store.rows()}
+    assert json.loads((tmp_path / "copy" / MARKER).read_text()) == {"format": 1}
+
+
+def test_queries(filled):
+    path, trace, rows = filled
+    store = ResultStore(path)
+    h2o = store.rows(policy="h2o", trace=trace)
+    assert len(h2o) == 4 and {r["budget_requested"] for r in h2o} == {0.25, 0.5}
+    assert (
+        store.rows(policy="h2o", prompt_mode="full", budget_requested=0.5)[0]["output_error"]
+        is None
+    )
+    assert store.get(rows[0]["key"]) == rows[0]
+    assert store.get("0" * 64) is None
+    assert store.rows(trace=trace, policy="nope") == []
+    with pytest.raises(ValueError, match="no store column"):
+        store.rows(colour="red")
+    full = next(r for r in rows if r["policy"] == "full")
+    assert full["budget_requested"] is None and record_of(full, 0.25)["budget_requested"] == 0.25
+    bound = next(r for r in rows if r["policy"] == "topk")
+    assert record_of(bound)["bound"] is True and "bound" not in record_of(rows[0])
+    assert len(rows[0]["retained_mass_steps"]) == rows[0]["n"]
+
+
+def test_temporaries_are_ignored_and_ensure_reuses(filled, tmp_path):
+    path, trace, rows = filled
+    (path / ".part-123.parquet.tmp").write_bytes(b"half a file")  # what a SIGKILL can leave
+    store = ResultStore(path)
+    assert len(store) == len(rows)
+    grid = Grid([trace_ref(trace)], policy_specs(["h2o"], {}), [0.25], [RunConfig()])
+    assert store.ensure(grid) == [store.get(grid.cells()[0])]
+    assert store.missing(grid.cells()) == []
+
+
+def write_bad(folder: Path, kind: str) -> Path:
+    store = folder / "store"
+    store.mkdir()
+    (store / MARKER).write_text('{"format": 1}\n')
+    part = store / "part-00000000000000000001-abcdef12.parquet"
+    if kind == "garbage":
+        part.write_bytes(b"PAR1 this is not parquet")
+    elif kind == "truncated":
+        good = folder / "good"
+        ResultStore(good).write([{name: None for name in COLUMNS} | {"key": "k", "policy": "h2o"}])
+        data = next(good.glob("part-*.parquet")).read_bytes()
+        part.write_bytes(data[: len(data) // 2])
+    elif kind == "schema":
+        pq.write_table(pa.table({"key": ["k"], "policy": ["h2o"]}), part)
+    elif kind == "marker":
+        (store / MARKER).write_text("{not json")
+    elif kind == "foreign":
+        (store / MARKER).unlink()
+        (store / "notes.txt").write_text("mine")
+    elif kind == "file":
+        for child in store.iterdir():
+            child.unlink()
+        store.rmdir()
+        store.write_text("a file")
+    return store
+
+
+@pytest.mark.parametrize(("kind", "needle"), [
+    ("garbage", "is corrupt"), ("truncated", "is corrupt"), ("schema", "missing ["),
+    ("marker", "is corrupt"), ("foreign", "not an h2osim results store"), ("file", "is a file"),
+])  # fmt: skip
+def test_broken_store_is_one_line_exit_2(tmp_path, kind, needle):
+    store = write_bad(tmp_path, kind)
+    with pytest.raises(StoreError, match=needle.replace("[", r"\[")):
+        ResultStore(store).rows()
+    trace = small_trace(tmp_path / "t.npz", n=16, layers=1)
+    done = subprocess.run([sys.executable, "-m", "h2osim.sweep", str(trace), "--store", str(store),
+                           "--no-progress"], cwd=ROOT, env=child_env(), capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and needle in done.stderr and "Traceback" not in done.stderr
+    assert done.stderr.startswith("python -m h2osim.sweep: error: ")
