@@ -199,7 +199,7 @@ class Cell:
     def identity(self) -> dict[str, Any]:
         return {"trace_sha256": self.trace.sha256, "policy": self.policy.name,
                 "params": dict(self.policy.params), "budget_requested": self.budget,
-                "config": self.config.as_dict(), "h2osim_version": h2osim.__version__}  # fmt: skip
+                "config": self.config.as_dict(), "h2osim_version": h2osim.code_version()}  # fmt: skip
 
     @property
     def key(self) -> str:

@@ -83,7 +83,7 @@ def _row(cell: Cell, result: Any, per_step: bool) -> dict[str, Any]:
         "key": cell.key, "trace_sha256": cell.trace.sha256, "trace_name": Path(cell.trace.path).name,
         "params": canonical(dict(cell.policy.params)), "budget_requested": cell.budget,
         "budget_of": cell.config.budget_of, "config": canonical(cell.config.as_dict()),
-        "h2osim_version": h2osim.__version__, "n": result.n, "prompt_length": result.prompt_length,
+        "h2osim_version": h2osim.code_version(), "n": result.n, "prompt_length": result.prompt_length,
         "units": len(result.unit_labels), "bound": bool(record.get("bound", False)),
         **{name: record[name] for name in record if name != "bound"},
     }  # fmt: skip

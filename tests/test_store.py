@@ -118,3 +118,16 @@ def test_broken_store_is_one_line_exit_2(tmp_path, kind, needle):
     assert done.returncode == 2, done.stderr
     assert done.stderr.count("\n") == 1 and needle in done.stderr and "Traceback" not in done.stderr
     assert done.stderr.startswith("python -m h2osim.sweep: error: ")
+
+
+def test_a_row_key_names_the_code_that_computed_it(tmp_path, monkeypatch):
+    """Keys carry h2osim.code_version (release + source hash): edited code recomputes."""
+    import h2osim
+
+    version = h2osim.code_version()
+    assert version.startswith(h2osim.__version__ + "+") and len(version.split("+")[1]) == 12
+    grid = Grid([trace_ref(small_trace(tmp_path / "t.npz"))], policy_specs(["h2o"], {}), [0.5])
+    (cell,) = grid.cells()
+    before = cell.key
+    monkeypatch.setattr(h2osim, "code_version", lambda: "0.1.0+another-code")
+    assert cell.key != before

@@ -1,10 +1,12 @@
 """Race results of the shipped traces, computed once at setup and read by the app.
 
-``make setup`` (scripts/setup.sh) runs ``python app/h2oapp/precompute.py``: every policy of
-the classroom set (and any others asked for) at every budget of the Policy race, with the
-attention-output error, replayed through :func:`h2osim.engine.sweep` on each shipped
-trace. The records go to one JSON file per trace (pickle-free, written atomically by
-:func:`h2osim.files.write_json`), named by the trace file's SHA-256, so a changed trace
+``make setup`` runs ``python app/h2oapp/precompute.py --if-stale``: every policy of the
+classroom set (and any others asked for) at every budget of the Policy race, with the
+attention-output error, computed by the grid engine of ``python -m h2osim.sweep`` into the
+results store (:mod:`h2osim.store`, Parquet, in ``.cache/app-race/results``). A small JSON
+payload per trace (pickle-free, written atomically), named by the trace file's SHA-256,
+holds the explorer's showcase head and the store keys of its race cells. Store keys and
+payloads carry :func:`h2osim.code_version`, so a changed trace or a changed library
 simply misses and is replayed live. The app's cached race cell
 (:func:`h2oapp.cached.race_record`) looks here first.
 
@@ -33,9 +35,11 @@ for folder in (REPO_ROOT, REPO_ROOT / "app"):  # run as a script from anywhere
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
 
-from h2osim.engine import ReplayConfig, sweep  # noqa: E402
+import h2osim  # noqa: E402
 from h2osim.files import write_json  # noqa: E402
+from h2osim.grid import Grid, PolicySpec, RunConfig, trace_ref  # noqa: E402
 from h2osim.policies import make_policy, policy_names  # noqa: E402
+from h2osim.store import ResultStore, record_of  # noqa: E402
 from h2osim.trace import Trace  # noqa: E402
 
 FORMAT = "h2osim-app-race/1"
@@ -57,16 +61,6 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-def engine_fingerprint() -> str:
-    """SHA-256 of the library's source (every ``h2osim/**/*.py``): stored results are read
-    only by the code that made them, so a changed engine or policy never shows stale numbers."""
-    digest = hashlib.sha256()
-    for path in sorted((REPO_ROOT / "h2osim").rglob("*.py")):
-        digest.update(path.relative_to(REPO_ROOT).as_posix().encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
 def store_path(sha256: str) -> Path:
     return store_folder() / f"{sha256[:24]}.json"
 
@@ -78,12 +72,18 @@ def cell_key(policy: str, budget: float | None) -> str:
     return f"{policy}@fixed" if budget is None else f"{policy}@{float(budget):g}"
 
 
-_ENGINE = engine_fingerprint()  # the running code's fingerprint, computed once per process
+_ENGINE = h2osim.code_version()  # stored results are read only by the code that made them
+
+
+def results_store() -> ResultStore:
+    """The results store (:mod:`h2osim.store`) the race cells live in, beside the payloads."""
+    return ResultStore(store_folder() / "results")
 
 
 def read_payload(sha256: str) -> dict[str, Any]:
     """What was stored for the trace with this SHA-256 (empty when none or unreadable):
-    ``records`` (race cells by :func:`cell_key`) and ``showcase`` (the explorer's head)."""
+    ``records`` (race cells by :func:`cell_key`, read from the results store) and
+    ``showcase`` (the explorer's head)."""
     path = store_path(sha256)
     try:
         payload = json.loads(path.read_text())
@@ -93,6 +93,11 @@ def read_payload(sha256: str) -> dict[str, Any]:
         return {}
     if payload.get("engine") != _ENGINE:
         return {}  # made by other code: replay instead
+    rows = results_store().lookup(payload.get("cells", {}).values())
+    if len(rows) != len(payload.get("cells", {})):
+        return {}  # the store lost rows: replay instead
+    # a fixed-budget cell serves every race budget: the app sets budget_requested per use
+    payload["records"] = {cell: record_of(rows[key], 0.0) for cell, key in payload["cells"].items()}
     return payload
 
 
@@ -104,23 +109,26 @@ def read_store(sha256: str) -> dict[str, dict[str, Any]]:
 def precompute(
     trace_path: Path, policies: Sequence[str], budgets: Sequence[float] = BUDGET_GRID
 ) -> Path:
-    """Replay ``policies`` x ``budgets`` on one trace (with the output error) and store them."""
+    """Replay ``policies`` x ``budgets`` on one trace (with the output error) into the
+    results store - the grid engine of ``python -m h2osim.sweep``, computing only missing
+    rows - and write the payload that names this trace's race cells."""
     trace = Trace.load(trace_path)
     sha = file_sha256(trace_path)
-    config = ReplayConfig(*DEFAULT_OPTIONS, output_error=True)
-    records: dict[str, dict[str, Any]] = {}
-    for name in policies:
-        policy = make_policy(name)
-        fixed = policy.fixed_budget(trace.n, trace.prompt_length) is not None
-        for record in sweep(trace, [policy], list(budgets), config=config):
-            records[cell_key(name, None if fixed else record["budget_requested"])] = record
+    aggregation, prompt_mode, observation = DEFAULT_OPTIONS
+    config = RunConfig(aggregation=aggregation, prompt_mode=prompt_mode,
+                       observation=observation, output_error=True)  # fmt: skip
+    specs = [PolicySpec.of(make_policy(name)) for name in policies]
+    grid = Grid([trace_ref(trace_path, trace)], specs, list(budgets), [config])
+    cells = [cell for cell in grid.cells() if not cell.bound]
+    results_store().ensure(grid)
     path = store_path(sha)
     path.parent.mkdir(parents=True, exist_ok=True)
     from h2oapp.analysis import showcase_head
 
     write_json(path, {"format": FORMAT, "trace": trace_path.name, "trace_sha256": sha,
                       "engine": _ENGINE, "options": DEFAULT_OPTIONS, "showcase": showcase_head(trace),
-                      "records": records})  # fmt: skip
+                      "cells": {cell_key(cell.policy.name, cell.budget): cell.key
+                                for cell in cells}})  # fmt: skip
     return path
 
 
