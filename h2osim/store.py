@@ -20,7 +20,7 @@ API (what the app and the claims call)::
     store = ResultStore("results/")        # opens or creates
     store.get(cell)                        # the row of one cell (a Cell or a key), or None
     store.rows(policy="h2o", trace="traces/smollm2-pydoc.npz")   # rows matching filters
-    store.ensure(grid)                     # compute the missing rows, return every row
+    h2osim.sweep.ensure(store, grid)       # compute the missing rows, return every row
 """
 
 from __future__ import annotations
@@ -216,14 +216,6 @@ class ResultStore:
         return [cell for cell in cells
                 if cell.key not in rows
                 or (per_step and rows[cell.key]["retained_mass_steps"] is None)]  # fmt: skip
-
-    def ensure(self, grid: Any, **options: Any) -> list[dict[str, Any]]:
-        """Compute the grid's missing rows (see :func:`h2osim.sweep.run_grid` for
-        ``options``: workers, scheduler, per_step, progress) and return the row of every
-        cell, in grid order."""
-        from h2osim.sweep import run_grid
-
-        return run_grid(grid, store=self, **options).rows
 
 
 def read_part(part: Path) -> list[dict[str, Any]]:

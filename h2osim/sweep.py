@@ -227,6 +227,13 @@ def local_cluster_config():
     return dask.config.set({"distributed.nanny.pre-spawn-environ": environ})
 
 
+def ensure(store: ResultStore, grid: Grid, **options: Any) -> list[dict[str, Any]]:
+    """Compute the rows ``store`` lacks for ``grid`` (``options`` as :func:`run_grid`:
+    workers, scheduler, per_step, progress) and return the row of every cell, in grid order.
+    Example: ``ensure(ResultStore("results/"), grid)`` twice computes nothing the second time."""
+    return run_grid(grid, store=store, **options).rows
+
+
 def run_grid(
     grid: Grid,
     store: ResultStore | None = None,

@@ -13,7 +13,7 @@ import pytest
 
 from h2osim.grid import Grid, RunConfig, policy_specs, trace_ref
 from h2osim.store import COLUMNS, MARKER, ResultStore, StoreError, record_of, schema
-from h2osim.sweep import run_grid
+from h2osim.sweep import ensure, run_grid
 from tests.sweep_helpers import ROOT, child_env, deterministic, small_trace
 
 pytestmark = pytest.mark.timeout(120)
@@ -72,7 +72,7 @@ def test_temporaries_are_ignored_and_ensure_reuses(filled, tmp_path):
     store = ResultStore(path)
     assert len(store) == len(rows)
     grid = Grid([trace_ref(trace)], policy_specs(["h2o"], {}), [0.25], [RunConfig()])
-    assert store.ensure(grid) == [store.get(grid.cells()[0])]
+    assert ensure(store, grid) == [store.get(grid.cells()[0])]
     assert store.missing(grid.cells()) == []
 
 

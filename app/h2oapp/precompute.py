@@ -40,6 +40,7 @@ from h2osim.files import write_json  # noqa: E402
 from h2osim.grid import Grid, PolicySpec, RunConfig, trace_ref  # noqa: E402
 from h2osim.policies import make_policy, policy_names  # noqa: E402
 from h2osim.store import ResultStore, record_of  # noqa: E402
+from h2osim.sweep import ensure  # noqa: E402
 from h2osim.trace import Trace  # noqa: E402
 
 FORMAT = "h2osim-app-race/1"
@@ -120,7 +121,7 @@ def precompute(
     specs = [PolicySpec.of(make_policy(name)) for name in policies]
     grid = Grid([trace_ref(trace_path, trace)], specs, list(budgets), [config])
     cells = [cell for cell in grid.cells() if not cell.bound]
-    results_store().ensure(grid)
+    ensure(results_store(), grid)
     path = store_path(sha)
     path.parent.mkdir(parents=True, exist_ok=True)
     from h2oapp.analysis import showcase_head
