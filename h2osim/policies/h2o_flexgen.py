@@ -13,7 +13,7 @@ Budget as the official integration sets it: hh_k = int(``heavy_prompt_ratio`` P)
 slots and as many recent ones, k = 2 hh_k (the replay's ``--budget`` is ignored). Scores
 are accumulated attention rows over the cache (FlexGen zeroes the new slot, then adds
 rows). The official code raises on some tiny budgets (hh_k = 0, or a ring larger than
-what is left); here hh_k = 0 is refused with a message.
+what is left); here hh_k is at least 1.
 """
 
 from __future__ import annotations
@@ -45,12 +45,7 @@ class H2OFlexGen(AccumulatedAttention):
     )  # fmt: skip
 
     def fixed_budget(self, n: int, prompt_length: int) -> int | None:
-        heavy = int(self.heavy_prompt_ratio * prompt_length)
-        if heavy < 1:
-            raise ValueError(f"h2o-flexgen: int({self.heavy_prompt_ratio} x P={prompt_length}) "
-                             "= 0 heavy slots (the official code fails there too); raise "
-                             "--heavy-prompt-ratio")  # fmt: skip
-        return 2 * heavy
+        return 2 * max(1, int(self.heavy_prompt_ratio * prompt_length))
 
     def recent_budget(self, budget: int) -> int:
         return budget - budget // 2
