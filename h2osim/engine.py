@@ -328,14 +328,17 @@ def sweep(
 
 def add_gap_to_opt(records: list[dict[str, Any]]) -> bool:
     """Give every record ``gap_to_opt``: opt's retained mass minus its own, when opt was
-    replayed at the same budget and prompt mode (else None; negative for the topk bound).
-    Without opt, records are left alone and it returns False. Example: opt 0.91, h2o
-    0.87 -> gap 0.04."""
-    optimum = {(r["budget"], r["prompt_mode"]): r["retained_mass"]
-               for r in records if r["policy"] == "opt"}  # fmt: skip
+    replayed at the same budget, prompt mode and units (else None; negative for the topk
+    bound, and possibly for mask policies, which opt does not bound). Without opt,
+    records are left alone and it returns False. Example: opt 0.91, h2o 0.87 -> 0.04."""
+
+    def setting(record: dict[str, Any]) -> tuple:
+        return record["budget"], record["prompt_mode"], record.get("aggregation")
+
+    optimum = {setting(r): r["retained_mass"] for r in records if r["policy"] == "opt"}
     if not optimum:
         return False
     for record in records:
-        best = optimum.get((record["budget"], record["prompt_mode"]))
+        best = optimum.get(setting(record))
         record["gap_to_opt"] = None if best is None else best - record["retained_mass"]
     return True

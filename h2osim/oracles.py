@@ -39,7 +39,7 @@ import numpy as np
 
 from h2osim.metrics import summarize
 from h2osim.policies.base import Policy, ReplayContext
-from h2osim.schedule import CacheSchedule, cache_sizes, resolve_budget
+from h2osim.schedule import CacheSchedule, cache_sizes, compressed_size, resolve_budget
 
 
 def eviction_counts(
@@ -408,7 +408,8 @@ class BoundResult:
     def record(self) -> dict[str, Any]:
         return {"policy": self.policy, "description": self.description, "online": self.online,
                 "bound": True, "budget": self.budget, "budget_fraction": self.budget / self.n,
-                "prompt_mode": self.config.prompt_mode, **self.summary,
+                "prompt_mode": self.config.prompt_mode, "aggregation": self.config.aggregation,
+                **self.summary,
                 "seconds": round(self.seconds, 4)}  # fmt: skip
 
 
@@ -426,6 +427,8 @@ def topk_bound(trace, budget: float | int | str = 0.2, *, budget_of: str = "sequ
     layout = config.layout(trace)
     n, prompt = trace.n, trace.prompt_length
     budget_tokens = resolve_budget(budget, n, prompt, budget_of)
+    if getattr(config, "compression_ratio", None) is not None:
+        budget_tokens = compressed_size(prompt, config.compression_ratio)
     sizes = cache_sizes(eviction_counts(n, budget_tokens, prompt, config.prompt_mode))
     bound = np.stack([topk_per_step(layout.weights(u), sizes) for u in range(layout.units)], 1)
     summary = summarize(bound, np.zeros_like(bound), None, prompt)
