@@ -36,6 +36,7 @@ from h2osim.model.live import (
     check_live_policy,
     check_prompt_needed,
     generate,
+    live_policy_names,
     teacher_forced,
 )
 from h2osim.policies import Policy, make_policy, policy_names
@@ -45,7 +46,7 @@ from h2osim.schedule import resolve_budget
 def build_parser() -> argparse.ArgumentParser:
     from h2osim.model import add_model_arguments, add_text_arguments
 
-    online = [name for name in policy_names(online=True) if name != "full"]
+    online = live_policy_names()
     parser = argparse.ArgumentParser(
         prog="python -m h2osim.live",
         description="Live (closed-loop) KV-cache eviction inside the real model: the policies "
@@ -87,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def selected_policies(requested: Sequence[str] | None, params: dict[str, Any]) -> list[Policy]:
     """Policies named on the command line ('all' = every online policy but ``full``)."""
-    everything = [name for name in policy_names(online=True) if name != "full"]
+    everything = live_policy_names()
     policies = [make_policy(name, **params) for name in requested_policies(requested, everything)]
     for policy in policies:
         check_live_policy(policy)

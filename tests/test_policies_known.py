@@ -66,6 +66,12 @@ KNOWN = {
     # at t=4 [-, 0, 2, 1] -> 2; at t=5 [-, 0, -, 2, 0] -> 3.
     "scissorhands": ({"history": 2, "recent_ratio": 0.0}, {0: 3, 2: 4, 3: 5}),
     "full": ({}, {}),
+    # acc / rows that saw it. t=3: [1.3/3, 1.4/2, .3/1] -> 2. t=4: row 3 over {0,1,3} ->
+    # acc [1.419, 1.995, -, .286] / [4, 3, -, 1] -> 3. t=5: [1.544/5, 2.495/4, .375/1] -> 0.
+    "observed": ({}, {2: 3, 3: 4, 0: 5}),
+    # window 2, no pooling: t=3 scores key 0 by rows 1-2 (.15), keys 1-2 in the window -> 0.
+    # t=4: key 1 (rows 2-3: .6, .556) is the only key older than the window -> 1. t=5: -> 2.
+    "snapkv": ({"window": 2, "kernel": 1}, {0: 3, 1: 4, 2: 5}),
 }
 
 
@@ -75,13 +81,43 @@ def test_known_evictions(name):
     assert evictions(name, TRACE, 3, **params) == expected
 
 
-# h2o-mask, -2023, -drop, -flexgen: row by row against the official code (test_golden_h2o.py)
-VARIANT_TESTS = {"h2o-mask", "h2o-mask-2023", "h2o-drop", "h2o-flexgen", "h2o-sqrt", "h2o-log", "a2sf"}
+# h2o-mask, -2023, -drop, -flexgen: row by row against the official code (test_golden_h2o.py);
+# knorm: its own known answer below (it needs key norms)
+VARIANT_TESTS = {"h2o-mask", "h2o-mask-2023", "h2o-drop", "h2o-flexgen", "h2o-sqrt", "h2o-log",
+                 "a2sf", "knorm"}  # fmt: skip
 
 
 def test_every_online_policy_has_a_known_answer():
     deterministic = set(policy_names(online=True)) - {"random"}
     assert deterministic <= set(KNOWN) | VARIANT_TESTS
+
+
+def test_knorm_evicts_the_largest_key_norms():
+    norms = {0: np.array([[3.0, 9.0, 4.0, 5.0, 1.0, 2.0]], dtype=np.float32)}
+    dense = np.zeros((1, 1, 6, 6), dtype=np.float32)
+    for t, row in enumerate(ROWS):
+        dense[0, 0, t, : t + 1] = row
+    trace = Trace.from_arrays(dense, head_map=[0], key_norms=norms)
+    # t=3: norms of {0, 1, 2} = 3, 9, 4 -> 1; t=4: {0, 2, 3} -> 3 (5); t=5: {0, 2, 4} -> 2
+    assert evictions("knorm", trace, 3) == {1: 3, 3: 4, 2: 5}
+    with pytest.raises(ValueError, match="key norms"):
+        replay(TRACE, make_policy("knorm"), 3)
+
+
+def test_snapkv_pools_the_window_scores_with_zero_padding():
+    """kvpress's avg_pool1d(kernel 5, padding 2): every key divided by 5, edges included."""
+    from h2osim.policies.base import ReplayContext
+
+    policy = make_policy("snapkv", window=2, kernel=5)
+    policy.reset(ReplayContext(units=1, n=8, budget=3, prompt_length=8, unit_labels=((0, 0),)))
+    for t in range(7):
+        row = np.zeros((1, t + 1))
+        row[0, 0] = 1.0  # all attention on key 0
+        policy.observe(t, row, np.ones((1, t + 1), dtype=bool))
+    scores = policy.score(7, np.ones((1, 8), dtype=bool))
+    # keys 0..4 scored (older than the window 5-6): mean [1, 0, 0, 0, 0] pooled -> [.2, .2, .2, 0, 0]
+    np.testing.assert_allclose(scores[0, :5], [0.2, 0.2, 0.2, 0.0, 0.0])
+    assert np.isinf(scores[0, 5:]).all()
 
 
 def test_h2o_known_retained_mass():

@@ -37,6 +37,7 @@ beam search; teacher forcing and greedy generation only.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -45,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from h2osim.policies import Policy, ReplayContext, make_policy, policy_names
+from h2osim.policies import Policy, ReplayContext, make_policy, policy_class, policy_names
 from h2osim.schedule import (
     BUDGET_BASES,
     PROMPT_MODES,
@@ -102,13 +103,26 @@ def observes(policy: Policy) -> bool:
     return type(policy).observe is not Policy.observe
 
 
+def live_policy_names() -> list[str]:
+    """Policies that can run live: online cache policies (not ``full``, not masks)."""
+    return [name for name in policy_names(online=True)
+            if name != "full" and policy_class(name).kind == "cache"]  # fmt: skip
+
+
 def check_live_policy(policy: Policy) -> None:
-    """Refuse offline policies: a real cache cannot read rows from the future."""
+    """Refuse offline policies (a real cache cannot read rows from the future) and mask
+    policies (they re-admit keys a real cache would have dropped)."""
     if not policy.online:
-        online = ", ".join(name for name in policy_names(online=True) if name != "full")
+        online = ", ".join(live_policy_names())
         raise ValueError(
             f"policy {policy.name!r} is offline (it reads the whole trace, future included) and "
             f"cannot run live; replay it instead (python -m h2osim.replay). Live policies: {online}"
+        )
+    if policy.kind == "mask":
+        raise ValueError(
+            f"policy {policy.name!r} is a mask (it re-admits keys, as the official H2O masking "
+            "code does, so it needs the full cache) and cannot run as live eviction; replay it "
+            f"instead (python -m h2osim.replay). Live policies: {', '.join(live_policy_names())}"
         )
 
 
@@ -133,6 +147,11 @@ class LiveEviction:
         device: Any = "cpu",
     ) -> None:
         self.policies = list(policies)
+        forced = {policy.aggregation for policy in self.policies if policy.aggregation}
+        if forced:  # tova: one kept set per layer, whatever the run asked for
+            if len(forced) > 1 or any(not policy.aggregation for policy in self.policies):
+                raise ValueError("policies that force different units cannot share a batch")
+            config = dataclasses.replace(config, aggregation=forced.pop())
         self.budget, self.n, self.prompt_length = budget, n, prompt_length
         self.schedule = CacheSchedule(budget, prompt_length, config.prompt_mode)
         self.num_layers, self.num_heads, self.num_kv_heads = shape
@@ -167,6 +186,11 @@ class LiveEviction:
     @property
     def rows(self) -> int:
         return len(self.policies)
+
+    def per_kv(self, array: np.ndarray) -> np.ndarray:
+        """``(rows, units, ...)`` -> ``(rows, layers x KV heads, ...)``: a layer unit's
+        bookkeeping repeated for each of its KV heads (they hold the same slots)."""
+        return np.repeat(array, self.kv_per_unit, axis=1) if self.per_layer else array
 
     def shared_prefix(self) -> int:
         """Rows [0, f) served before any eviction, identical for every policy."""
