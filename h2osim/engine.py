@@ -75,7 +75,9 @@ class ReplayConfig:
                 raise ValueError("--compression-ratio is for --prompt-mode prefill (the prompt "
                                  "compressed once after prefill)")  # fmt: skip
             if not 0 <= self.compression_ratio < 1:
-                raise ValueError(f"--compression-ratio must be in [0, 1), got {self.compression_ratio}")
+                raise ValueError(
+                    f"--compression-ratio must be in [0, 1), got {self.compression_ratio}"
+                )
 
     def layout(self, trace: Trace) -> UnitLayout:
         """The trace's cache units under this configuration."""

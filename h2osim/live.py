@@ -39,7 +39,7 @@ from h2osim.model.live import (
     live_policy_names,
     teacher_forced,
 )
-from h2osim.policies import Policy, make_policy, policy_names
+from h2osim.policies import Policy, make_policy
 from h2osim.schedule import resolve_budget
 
 

@@ -162,8 +162,12 @@ def run(args: argparse.Namespace) -> int:
             columns.insert(3, ("aggregation", "units", "s"))
         if masks:
             columns.insert(3, ("kind", "kind", "s"))
-            columns.insert(columns.index(("hit_rate", "hit rate", ".4f")), ("bounded_by", "bounded by", "s"))
-            columns.insert(columns.index(("hit_rate", "hit rate", ".4f")), ("topk_gap", "topk gap", ".4f"))
+            columns.insert(
+                columns.index(("hit_rate", "hit rate", ".4f")), ("bounded_by", "bounded by", "s")
+            )
+            columns.insert(
+                columns.index(("hit_rate", "hit rate", ".4f")), ("topk_gap", "topk gap", ".4f")
+            )
         print(format_table(bound_records + records, columns))
         if mixed_modes:
             print("ranked by mass(decode): some policies attend the prompt in full (prompt = full)")

@@ -777,7 +777,9 @@ class Trace:
                              "for every layer or none")  # fmt: skip
         for key in sorted(present_norms):
             if members[key].shape != (self.num_kv_heads, self.n):
-                raise TraceError(f"{key}: expected shape ({self.num_kv_heads}, {self.n}), got {members[key].shape}")
+                raise TraceError(
+                    f"{key}: expected shape ({self.num_kv_heads}, {self.n}), got {members[key].shape}"
+                )
         self.has_key_norms = bool(present_norms)
         missing_arrays = sorted(expected - set(members))
         if missing_arrays:

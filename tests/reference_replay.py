@@ -139,7 +139,9 @@ def reference_replay(trace, policy, budget, *, budget_of="sequence", config=None
                     observed[u, j] = sum(column)
         policy.observe(t, observed, _kept_array(caches, t))
     if mask:  # a key leaves for good after the last row that attended it (never: at once)
-        evicted_at = np.where(last_row < 0, np.arange(n), np.where(last_row == n - 1, -1, last_row + 1))
+        evicted_at = np.where(
+            last_row < 0, np.arange(n), np.where(last_row == n - 1, -1, last_row + 1)
+        )
     return {
         "evicted_at": evicted_at,
         "retained_mass": mass,

@@ -38,7 +38,9 @@ def official_policy(path: str, case: dict):
     if path == "mask_2023":
         return make_policy("h2o-mask-2023", heavy_prompt_ratio=heavy, recent_prompt_ratio=recent)
     if path == "drop":
-        return make_policy("h2o-drop", heavy_size=int(heavy * prompt), recent_size=int(recent * prompt))
+        return make_policy(
+            "h2o-drop", heavy_size=int(heavy * prompt), recent_size=int(recent * prompt)
+        )
     if path == "flexgen":
         return make_policy("h2o-flexgen", heavy_prompt_ratio=heavy)
     name = {"lmeval_global": "h2o-global", "lmeval_local": "h2o-lmeval"}[path]
@@ -50,7 +52,9 @@ def case_attention(case: dict) -> np.ndarray:
     if case["name"] in SHIPPED:
         file, layer = SHIPPED[case["name"]]
         trace = Trace.load(ROOT / "traces" / file)
-        return np.stack([trace.head_matrix(layer, h) for h in range(trace.num_heads)]).astype(np.float64)
+        return np.stack([trace.head_matrix(layer, h) for h in range(trace.num_heads)]).astype(
+            np.float64
+        )
     return GOLDEN[f"{case['name']}/attention"]
 
 
@@ -123,9 +127,15 @@ def test_official_budgets_are_the_ones_reported():
                            recent_prompt_ratio=case["recent_ratio"]).sizes(prompt) == (
             head["heavy_budget"], head["recent_budget"])  # fmt: skip
         lm = paths["lmeval_local"]
-        assert official_policy("lmeval_local", case).sizes(n) == (lm["heavy_budget"], lm["recent_budget"])
+        assert official_policy("lmeval_local", case).sizes(n) == (
+            lm["heavy_budget"],
+            lm["recent_budget"],
+        )
         if "error" not in paths["flexgen"]:
-            assert official_policy("flexgen", case).fixed_budget(n, prompt) == 2 * paths["flexgen"]["hh_k"]
+            assert (
+                official_policy("flexgen", case).fixed_budget(n, prompt)
+                == 2 * paths["flexgen"]["hh_k"]
+            )
 
 
 def test_head_semantics_readmit_and_paper_era_does_not():
@@ -156,4 +166,6 @@ def test_a_wrong_variant_fails_the_comparison():
     case = BY_NAME["smollm2-pydoc.npz:L13"]
     trace = case_trace(case)
     assert not np.array_equal(our_rows(case, "mask_2023", trace), official_rows(case, "mask_head"))
-    assert not np.array_equal(our_rows(case, "lmeval_global", trace), official_rows(case, "lmeval_local"))
+    assert not np.array_equal(
+        our_rows(case, "lmeval_global", trace), official_rows(case, "lmeval_local")
+    )

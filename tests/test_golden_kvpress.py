@@ -105,5 +105,7 @@ def test_cli_prefill_perplexity_and_every_nll_equal_kvpress(loaded, tmp_path, ca
     report = teacher_forced(loaded[0], ids, ["sink"], prompt_length=PROMPT, config=config)
     nll = -report.results[0].logprob[PROMPT:]
     np.testing.assert_allclose(nll, GOLDEN["naming/streamingllm/0.5/nll"], atol=1e-3)
-    np.testing.assert_allclose(-report.reference.logprob[PROMPT:], GOLDEN["naming/full/nll"], atol=1e-3)
+    np.testing.assert_allclose(
+        -report.reference.logprob[PROMPT:], GOLDEN["naming/full/nll"], atol=1e-3
+    )
     assert np.abs(nll - GOLDEN["naming/full/nll"]).max() > 0.05  # teeth: compression shows

@@ -66,7 +66,9 @@ def test_selecting_by_slot_order_would_fail_the_check():
     wrong ones. The check above reads positions, not slots."""
     model = tiny_model()
     ids = tiny_ids(30)
-    run, _ = live_logits(model, make_policy("sink", sinks=4), 9, ids, config=LiveConfig(prefill_chunk=4))
+    run, _ = live_logits(
+        model, make_policy("sink", sinks=4), 9, ids, config=LiveConfig(prefill_chunk=4)
+    )
     final = run.controller.slot_positions[0]  # (units, 9) positions held, in slot order
     newest = set(range(len(ids) - 3, len(ids)))
     assert any(set(slots[-3:].tolist()) != newest for slots in final)

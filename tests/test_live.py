@@ -31,7 +31,7 @@ from h2osim.model.live import (
     teacher_forced,
 )
 from h2osim.model.live_cache import EvictingCache, EvictingLayer, SlotPlan, apply_plan
-from h2osim.policies import make_policy, policy_names
+from h2osim.policies import make_policy
 from h2osim.trace import Trace
 
 LIVE_POLICIES = live_policy_names()  # online caches: masks re-admit, so they are replay-only
@@ -240,7 +240,9 @@ def test_live_evictions_equal_a_replay_of_the_rows_the_live_model_served():
                 for offset in range(weights.shape[1]):
                     t = t0 + offset
                     for head in range(heads):
-                        unit = layer if per_layer else layer * kv_heads + head // (heads // kv_heads)
+                        unit = (
+                            layer if per_layer else layer * kv_heads + head // (heads // kv_heads)
+                        )
                         positions = slot_positions[0, unit]
                         width = min(len(positions), t + 1)
                         dense[layer, head, t, positions[:width]] = weights[head, offset, :width]

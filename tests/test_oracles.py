@@ -221,7 +221,9 @@ def test_opt_does_not_bound_a_mask_and_topk_does():
         dense[0, 0, t, : t + 1] = row
     trace = Trace.from_arrays(dense, head_map=[0], prompt_length=4)
     # h = 2, r = 1: rows 4 and 5 attend 3 keys; key 3 (row 4's gap) comes back at row 5
-    mask = replay(trace, make_policy("h2o-mask", heavy_prompt_ratio=0.5, recent_prompt_ratio=0.25), 1)
+    mask = replay(
+        trace, make_policy("h2o-mask", heavy_prompt_ratio=0.5, recent_prompt_ratio=0.25), 1
+    )
     assert mask.row_sizes()[0].tolist() == [1, 2, 3, 4, 3, 3]
     opt = replay(trace, "opt", 3, config=ReplayConfig(prompt_mode="full"))
     mask_mass = mask.retained_mass.sum()

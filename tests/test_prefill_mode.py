@@ -45,7 +45,9 @@ def test_prefill_mode_compresses_once_then_appends():
 
 def test_prefill_mode_oracles_bound_the_presses():
     trace = Trace.load(TRACE)
-    config = ReplayConfig(prompt_mode="prefill", compression_ratio=0.8, layers=(3,), output_error=False)
+    config = ReplayConfig(
+        prompt_mode="prefill", compression_ratio=0.8, layers=(3,), output_error=False
+    )
     opt = replay(trace, "opt", config=config)
     bound = topk_bound(trace, config=config)
     for name in ("sink", "tova-kv", "observed", "snapkv", "h2o"):

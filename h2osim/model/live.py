@@ -95,7 +95,9 @@ class LiveConfig:
                 raise ValueError("--compression-ratio is for --prompt-mode prefill (the prompt "
                                  "compressed once after prefill)")  # fmt: skip
             if not 0 <= self.compression_ratio < 1:
-                raise ValueError(f"--compression-ratio must be in [0, 1), got {self.compression_ratio}")
+                raise ValueError(
+                    f"--compression-ratio must be in [0, 1), got {self.compression_ratio}"
+                )
 
 
 def observes(policy: Policy) -> bool:

@@ -38,7 +38,9 @@ class SnapKV(ScorePolicy):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.kernel % 2 == 0:
-            raise ValueError(f"kernel must be odd (kvpress pads kernel // 2 on each side), got {self.kernel}")
+            raise ValueError(
+                f"kernel must be odd (kvpress pads kernel // 2 on each side), got {self.kernel}"
+            )
 
     def reset(self, context: ReplayContext) -> None:
         super().reset(context)
