@@ -105,7 +105,11 @@ def run(args: argparse.Namespace) -> int:
     check_counts(policy_parameters(args), trace.n)
     config = replay_config_from_args(args, trace, output_error=not args.no_output_error)
     if not trace.has_key_norms and "all" in ",".join(args.policy or []).split(","):
-        names = [name for name in names if not policy_class(name).needs_key_norms]
+        skipped = [name for name in names if policy_class(name).needs_key_norms]
+        names = [name for name in names if name not in skipped]
+        if skipped:
+            print(f"note: {', '.join(skipped)} skipped: this trace stores no key norms",
+                  file=sys.stderr)  # fmt: skip
     policies = [make_policy(name, **policy_parameters(args)) for name in names]
     progress = not args.no_progress
     print(f"trace {args.trace}: {trace.describe()}")
