@@ -160,7 +160,6 @@ def replay(
     """
     config = config or ReplayConfig()
     policy = make_policy(policy) if isinstance(policy, str) else policy
-    config = dataclasses.replace(config, aggregation=policy.aggregation or config.aggregation)
     layout = config.layout(trace)
     n, prompt = trace.n, trace.prompt_length
     schedule = CacheSchedule.for_policy(policy, budget, n, prompt, budget_of=budget_of,

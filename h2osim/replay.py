@@ -176,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
         if mixed_modes:
             print("ranked by mass(decode): some policies attend the prompt in full (prompt = full)")
         if mixed_units:
-            print("units differ: tova shares one set per layer (units = layer), as published")
+            print("units differ between rows: compare policies replayed on the same units")
         if masks:
             print("kind mask: the row's attended set is chosen anew each row (re-admission), as the "
                   "official H2O masking code does; opt (permanent eviction) does not bound it, topk "

@@ -20,7 +20,7 @@ from h2osim.policies import ReplayContext, ScorePolicy
 
 def reference_replay(trace, policy, budget, *, budget_of="sequence", config=None):
     config = config or ReplayConfig()
-    config = ReplayConfig(policy.aggregation or config.aggregation,
+    config = ReplayConfig(config.aggregation,
                           policy.prompt_mode or config.prompt_mode, config.observation,
                           config.layers, compression_ratio=config.compression_ratio)  # fmt: skip
     layout = config.layout(trace)

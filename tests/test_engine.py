@@ -25,7 +25,7 @@ class Recorder(Policy):
     def __init__(self, inner: Policy):
         self.inner = inner
         self.name, self.online, self.prompt_mode = inner.name, inner.online, inner.prompt_mode
-        self.kind, self.aggregation = inner.kind, inner.aggregation
+        self.kind = inner.kind
         self.needs_key_norms = inner.needs_key_norms
         self.fixed_budget = inner.fixed_budget
         self.kept_seen: dict[int, np.ndarray] = {}

@@ -169,3 +169,19 @@ def test_a_wrong_variant_fails_the_comparison():
     assert not np.array_equal(
         our_rows(case, "lmeval_global", trace), official_rows(case, "lmeval_local")
     )
+
+
+def test_replay_cli_shows_which_bound_holds(capsys):
+    from h2osim.replay import main
+
+    trace = str(ROOT / "traces/smollm2-chat.npz")
+    argv = [trace, "--policy", "h2o-mask,h2o-mask-2023,h2o-global,h2o-lmeval,tova",
+            "--aggregation", "per-head", "--layers", "3", "--no-progress", "--no-output-error"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "bounded by" in out and "topk gap" in out and "opt, topk" in out
+    rows = {line.split()[1]: line.split() for line in out.splitlines() if line[:1].isdigit()}
+    assert set(rows) == {"h2o-mask", "h2o-mask-2023", "h2o-global", "h2o-lmeval", "tova"}
+    assert (
+        rows["h2o-mask"][3] == "mask" and rows["tova"][3] == "cache" and rows["tova"][4] == "layer"
+    )

@@ -61,7 +61,7 @@ def kept_sets(model, ids, ratio: float) -> dict[str, np.ndarray]:
     kept = {}
     for result in report.results:
         prompt_kept = result.evicted_at[:, :PROMPT] < 0  # (units, 384)
-        if result.unit_labels[0][1] == -1:  # tova: one set per layer, shared by its KV heads
+        if result.unit_labels[0][1] == -1:  # layer units: one set shared by the KV heads
             prompt_kept = np.repeat(prompt_kept[:, None], 3, axis=1)
         kept[result.policy] = prompt_kept.reshape(30, 3, PROMPT)
     return kept

@@ -227,11 +227,12 @@ def test_live_evictions_equal_a_replay_of_the_rows_the_live_model_served():
     for name, aggregation in (
         ("h2o", "sum"),
         ("tova-kv", "max"),
-        ("tova", "sum"),  # forces layer units: one kept set per layer
+        ("tova", "sum"),  # one kept set per layer, over per-KV-head units
+        ("h2o", "layer"),  # layer units: one cache unit (kept set) per layer
         ("scissorhands", "mean"),
         ("lru", "sum"),
     ):
-        per_layer = make_policy(name).aggregation == "layer"
+        per_layer = aggregation == "layer"
         dense = np.zeros((layers, heads, n, n), dtype=np.float32)
 
         def record(t0, attentions, slot_positions, dense=dense, per_layer=per_layer):

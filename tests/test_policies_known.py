@@ -158,15 +158,17 @@ def test_gqa_aggregation_known_answer(aggregation, unit, victim):
     assert got == {victim: 3}
 
 
-def test_tova_is_per_layer_whatever_the_replay_asks():
-    """Published TOVA: one unit per layer, the heads averaged (the "mean" ranking here), so
-    per-head and max replays do not change its answer; tova-kv follows the replay."""
+def test_tova_keeps_one_set_per_layer():
+    """Published TOVA: the latest row averaged over all heads of the layer, one kept set for
+    the layer. Per-head units: head A alone would evict 2, head B 0; tova averages them
+    ([0.2505, 0.2995, 0.45]) and both units evict 0. Layer units give the same set."""
     trace = rows_trace([GQA_ROWS_A, GQA_ROWS_B], head_map=(0, 0))
-    for aggregation in ("per-head", "max", "sum"):
-        config = ReplayConfig(aggregation=aggregation)
-        result = replay(trace, make_policy("tova"), 3, config=config)
-        assert result.unit_labels == ((0, -1),) and result.config.aggregation == "layer"
-        assert evictions("tova", trace, 3, config=config) == {0: 3}
+    for aggregation in ("per-head", "sum", "mean", "layer"):
+        result = replay(trace, make_policy("tova"), 3, config=ReplayConfig(aggregation=aggregation))
+        assert (result.evicted_at[:, 0] == 3).all() and (result.evicted_at[:, 1:] == -1).all()
+    two_kv = rows_trace([GQA_ROWS_A, GQA_ROWS_B], head_map=(0, 1))  # one head per KV head
+    assert evictions("tova", two_kv, 3, unit=1) == {0: 3}  # the layer's average decides
+    assert evictions("tova-kv", two_kv, 3, unit=0) == {2: 3}  # per KV head: head A alone
 
 
 def test_random_is_seeded_and_uniform():

@@ -37,7 +37,6 @@ beam search; teacher forcing and greedy generation only.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -149,11 +148,6 @@ class LiveEviction:
         device: Any = "cpu",
     ) -> None:
         self.policies = list(policies)
-        forced = {policy.aggregation for policy in self.policies if policy.aggregation}
-        if forced:  # tova: one kept set per layer, whatever the run asked for
-            if len(forced) > 1 or any(not policy.aggregation for policy in self.policies):
-                raise ValueError("policies that force different units cannot share a batch")
-            config = dataclasses.replace(config, aggregation=forced.pop())
         self.budget, self.n, self.prompt_length = budget, n, prompt_length
         self.schedule = CacheSchedule(budget, prompt_length, config.prompt_mode)
         self.num_layers, self.num_heads, self.num_kv_heads = shape
@@ -551,14 +545,12 @@ def _groups(
         schedule = CacheSchedule.for_policy(policy, budget, n, prompt_length, budget_of=budget_of,
                                             prompt_mode=config.prompt_mode,
                                             compression_ratio=config.compression_ratio)  # fmt: skip
-        aggregation = policy.aggregation or config.aggregation
-        key = (min(schedule.budget, n), schedule.prompt_mode, aggregation)
-        grouped.setdefault(key, []).append(policy)
+        grouped.setdefault((min(schedule.budget, n), schedule.prompt_mode), []).append(policy)
     batches = []
-    for (k, mode, aggregation), members in grouped.items():
+    for (k, mode), members in grouped.items():
         size = config.batch or len(members)
         ratio = config.compression_ratio if mode == "prefill" else None
-        own = LiveConfig(aggregation, mode, config.prefill_chunk, config.batch, ratio)
+        own = LiveConfig(config.aggregation, mode, config.prefill_chunk, config.batch, ratio)
         batches += [(k, own, members[i : i + size]) for i in range(0, len(members), size)]
     return batches
 

@@ -68,9 +68,6 @@ class Policy:
     # A policy that reproduces a specific code path may force the prompt mode ("full":
     # prompt attended in full, eviction after prefill) whatever the replay asked for.
     prompt_mode: ClassVar[str | None] = None
-    # A policy that follows a published rule may force the GQA aggregation the same way
-    # (``tova``: "layer", all query heads of a layer averaged, one kept set per layer).
-    aggregation: ClassVar[str | None] = None
     kind: ClassVar[str] = "cache"  # "cache": permanent eviction; "mask": see MaskPolicy
     needs_key_norms: ClassVar[bool] = False  # reads ``context.key_norms``
 
