@@ -4,7 +4,9 @@ Open-loop replay (docs/architecture.md, "The engine loop"): for t = 0..n-1, ever
 unit admits token t; when :class:`h2osim.schedule.CacheSchedule` says tokens must leave,
 the policy chooses which (deciding from rows < t only); then row t of the full-cache
 model is served over what is kept, measured, and shown to the policy. Evicted tokens
-never return. :func:`replay` below is that loop; :func:`sweep` runs it over policies x
+never return - except under a mask policy (``kind = "mask"``: the official H2O masking
+simulations), which names each row's attended set itself and is served and measured the
+same way (docs/fidelity.md). :func:`replay` below is that loop; :func:`sweep` runs it over policies x
 budgets; :func:`add_gap_to_opt` compares records with the exact optimum. No argparse and
 no printing here: the command line is :mod:`h2osim.replay`.
 
@@ -14,8 +16,10 @@ them. What eviction really does to a model is measured by live eviction (closed 
 
 Options: the budget as a count or a fraction (of the sequence or of the prompt); GQA
 aggregation of a unit's query heads (sum, mean, max) or per-query-head units; the prompt
-streamed row by row or attended in full (eviction starts after prefill, as in the H2O
-masking simulation); observation renormalised over the kept tokens or the full row.
+streamed row by row, attended in full (eviction starts after prefill, as in the H2O
+masking simulation) or compressed once after prefill (kvpress; ``compression_ratio``);
+units per KV head, per query head or per layer; observation renormalised over the kept
+tokens or the full row.
 """
 
 from __future__ import annotations

@@ -63,3 +63,21 @@ def test_replay_cli_compression_ratio(capsys):
     assert " 24 " in out and "snapkv" in out
     assert main([str(TRACE), "--compression-ratio", "0.5", "--no-progress"]) == 2
     assert "--prompt-mode prefill" in capsys.readouterr().err
+
+
+def test_key_norms_are_an_optional_trace_member(tmp_path):
+    """knorm's input: ``key_norms.L{l}`` (KVH, n) float32, for every layer or none."""
+    from h2osim.errors import TraceError
+
+    trace = Trace.load(TRACE)
+    assert not trace.has_key_norms and trace.key_norms(3) is None
+    rows = np.tril(np.ones((4, 4), dtype=np.float32))
+    rows /= rows.sum(axis=1, keepdims=True)  # uniform causal rows
+    dense = np.stack([rows, rows])[None]  # (1 layer, 2 heads, 4, 4)
+    norms = {0: np.array([[1.0, 2.0, 3.0, 4.0]], dtype=np.float32)}
+    small = Trace.from_arrays(dense, head_map=[0, 0], key_norms=norms)
+    small.save(tmp_path / "n.npz")
+    loaded = Trace.load(tmp_path / "n.npz")
+    np.testing.assert_array_equal(loaded.key_norms(0), norms[0])
+    with pytest.raises(TraceError, match="key_norms.L0: expected shape"):
+        Trace.from_arrays(dense, head_map=[0, 0], key_norms={0: np.ones((1, 3), np.float32)})
