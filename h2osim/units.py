@@ -112,8 +112,9 @@ class UnitLayout:
         """Attention-output error ``(n, units)`` of a finished replay, one matmul pass per head.
 
         ``served`` is the ``(units, n)`` eviction schedule (``evicted_at``) or a function
-        giving each unit's ``(n, n)`` served sets (mask policies). Computed after the loop;
-        the full-cache outputs are cached on the trace, so sweeps pay them once.
+        giving each unit's ``(n, n)`` served sets (mask policies). A row served over no key
+        at all (a mask with zero budgets) has error 1: its whole output is lost. Computed
+        after the loop; the full-cache outputs are cached on the trace, so sweeps pay them once.
         """
         errors = np.empty((self.trace.n, self.units), dtype=np.float32)
         for unit, (layer, _) in enumerate(self.labels):
@@ -125,6 +126,7 @@ class UnitLayout:
                 for head in self.heads(unit)
             ]  # fmt: skip
             errors[:, unit] = np.mean(per_head, axis=0)
+            errors[~kept.any(axis=1), unit] = 1.0  # a row served over nothing lost its output
         return errors
 
     def matrix(self, unit: int) -> np.ndarray:

@@ -128,7 +128,7 @@ def reference_replay(trace, policy, budget, *, budget_of="sequence", config=None
             mass[t, u] = sum(head_mass) / len(head_mass)
             hits[t, u] = sum(head_hits) / len(head_hits)
             if errors is not None:
-                errors[t, u] = sum(head_errors) / len(head_errors)
+                errors[t, u] = sum(head_errors) / len(head_errors) if cache else 1.0
             for j in range(t + 1):
                 column = [head_row[j] for head_row in per_head_observed]
                 if config.aggregation == "max":
