@@ -45,13 +45,19 @@ def parse_sweep(text: str) -> list[float]:
 
 
 # --------------------------------------------------------------------------- CLI
+def _label(name: str) -> str:
+    """``name [offline] [mask]`` for the help text."""
+    policy = make_policy(name)
+    tags = ([] if policy.online else ["offline"]) + (["mask"] if policy.kind == "mask" else [])
+    return name + "".join(f" [{tag}]" for tag in tags)
+
+
 def build_parser() -> argparse.ArgumentParser:
     names = policy_names()
     parser = argparse.ArgumentParser(
         prog="python -m h2osim.replay",
         description="Replay an attention trace through KV-cache eviction policies and compare them.",
-        epilog="policies: " + "; ".join(f"{name}{'' if make_policy(name).online else ' [offline]'}"
-                                        for name in names)
+        epilog="policies: " + "; ".join(_label(name) for name in names)
         + ".  Example: python -m h2osim.replay traces/synthetic-demo.npz --policy all --budget 0.2",
     )  # fmt: skip
     parser.add_argument("trace", help="trace file (.npz, format v1; see docs/trace-format.md)")

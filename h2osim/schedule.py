@@ -40,7 +40,6 @@ if TYPE_CHECKING:
     from h2osim.policies import Policy
 
 PROMPT_MODES = ("stream", "full", "prefill")  # how the prompt rows are cached (module docstring)
-POLICY_KINDS = ("cache", "mask")  # permanent eviction | a chosen attended set per row
 BUDGET_BASES = ("sequence", "prompt")  # what a fractional budget is a fraction of
 
 
