@@ -124,7 +124,10 @@ def run(args: argparse.Namespace) -> int:
         from h2osim.grid import Grid, PolicySpec, RunConfig, check_budgets, trace_ref
         from h2osim.sweep import group_records, print_sweep, run_grid
 
-        run_config = RunConfig(**vars(config), budget_of=args.budget_of)
+        if config.compression_ratio is not None:
+            raise ValueError("--sweep varies the budget and --compression-ratio fixes it; give one")
+        fields = {key: value for key, value in vars(config).items() if key != "compression_ratio"}
+        run_config = RunConfig(**fields, budget_of=args.budget_of)
         grid = Grid([trace_ref(args.trace, trace)], [PolicySpec.of(policy) for policy in policies],
                     budgets, [run_config])  # fmt: skip
         check_budgets(grid)

@@ -63,6 +63,11 @@ def test_replay_cli_compression_ratio(capsys):
     assert " 24 " in out and "snapkv" in out
     assert main([str(TRACE), "--compression-ratio", "0.5", "--no-progress"]) == 2
     assert "--prompt-mode prefill" in capsys.readouterr().err
+    assert main([str(TRACE), "--prompt-mode", "prefill", "--compression-ratio", "0.5",
+                 "--sweep", "0.1:0.2:0.1", "--no-progress"]) == 2  # fmt: skip
+    assert "give one" in capsys.readouterr().err
+    assert main([str(TRACE), "--policy", "h2o-mask,sink", "--prompt-mode", "prefill", "--sweep",
+                 "0.1:0.2:0.1", "--layers", "3", "--no-progress"]) == 0  # fmt: skip
 
 
 def test_key_norms_are_an_optional_trace_member(tmp_path):
