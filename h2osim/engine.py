@@ -133,9 +133,9 @@ class ReplayResult:
     def record(self) -> dict[str, Any]:
         """One flat, JSON-ready row for tables and files."""
         return {"policy": self.policy, "description": self.description, "online": self.online,
-                "kind": self.kind, "budget": self.budget, "budget_fraction": self.budget / self.n,
-                "prompt_mode": self.config.prompt_mode, "aggregation": self.config.aggregation,
-                **self.summary, "seconds": round(self.seconds, 4)}  # fmt: skip
+                "budget": self.budget, "budget_fraction": self.budget / self.n,
+                "prompt_mode": self.config.prompt_mode, **self.summary,
+                "seconds": round(self.seconds, 4)}  # fmt: skip
 
 
 def replay(
@@ -333,17 +333,14 @@ def sweep(
 
 def add_gap_to_opt(records: list[dict[str, Any]]) -> bool:
     """Give every record ``gap_to_opt``: opt's retained mass minus its own, when opt was
-    replayed at the same budget, prompt mode and units (else None; negative for the topk
-    bound, and possibly for mask policies, which opt does not bound). Without opt,
-    records are left alone and it returns False. Example: opt 0.91, h2o 0.87 -> 0.04."""
-
-    def setting(record: dict[str, Any]) -> tuple:
-        return record["budget"], record["prompt_mode"], record.get("aggregation")
-
-    optimum = {setting(r): r["retained_mass"] for r in records if r["policy"] == "opt"}
+    replayed at the same budget and prompt mode (else None; negative for the topk bound,
+    and possibly for mask policies, which opt does not bound). Without opt, records are
+    left alone and it returns False. Example: opt 0.91, h2o 0.87 -> gap 0.04."""
+    optimum = {(r["budget"], r["prompt_mode"]): r["retained_mass"]
+               for r in records if r["policy"] == "opt"}  # fmt: skip
     if not optimum:
         return False
     for record in records:
-        best = optimum.get(setting(record))
+        best = optimum.get((record["budget"], record["prompt_mode"]))
         record["gap_to_opt"] = None if best is None else best - record["retained_mass"]
     return True

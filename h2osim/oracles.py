@@ -408,8 +408,7 @@ class BoundResult:
     def record(self) -> dict[str, Any]:
         return {"policy": self.policy, "description": self.description, "online": self.online,
                 "bound": True, "budget": self.budget, "budget_fraction": self.budget / self.n,
-                "prompt_mode": self.config.prompt_mode, "aggregation": self.config.aggregation,
-                **self.summary,
+                "prompt_mode": self.config.prompt_mode, **self.summary,
                 "seconds": round(self.seconds, 4)}  # fmt: skip
 
 

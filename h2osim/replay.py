@@ -151,7 +151,6 @@ def run(args: argparse.Namespace) -> int:
         # Policies that attend the prompt in full score 1 on every prompt row; when modes
         # differ, only the decode rows compare like with like.
         mixed_modes = len({result.config.prompt_mode for result in results}) > 1
-        mixed_units = len({result.config.aggregation for result in results}) > 1
         masks = any(result.kind == "mask" for result in results)
         rank_by = "retained_mass_decode" if mixed_modes else "retained_mass"
         results.sort(key=lambda result: -result.summary[rank_by])
@@ -161,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
 
             for record, result in zip(records, results, strict=True):
                 own = topk_at_sizes(trace, result).mean()
+                record["kind"] = result.kind
                 record["bounded_by"] = "topk" if result.kind == "mask" else "opt, topk"
                 record["topk_gap"] = float(own - result.summary["retained_mass"])
         has_error = records[0]["output_error"] is not None
@@ -171,8 +171,6 @@ def run(args: argparse.Namespace) -> int:
                            ("gap_to_opt", "gap to opt", ".4f"))  # fmt: skip
         if mixed_modes:
             columns.insert(3, ("prompt_mode", "prompt", "s"))
-        if mixed_units:
-            columns.insert(3, ("aggregation", "units", "s"))
         if masks:
             columns.insert(3, ("kind", "kind", "s"))
             columns.insert(
@@ -184,8 +182,6 @@ def run(args: argparse.Namespace) -> int:
         print(format_table(bound_records + records, columns))
         if mixed_modes:
             print("ranked by mass(decode): some policies attend the prompt in full (prompt = full)")
-        if mixed_units:
-            print("units differ between rows: compare policies replayed on the same units")
         if masks:
             print("kind mask: the row's attended set is chosen anew each row (re-admission), as the "
                   "official H2O masking code does; opt (permanent eviction) does not bound it, topk "
