@@ -491,7 +491,11 @@ def add_cache_arguments(
                         + " (default sum)")  # fmt: skip
     parser.add_argument("--prompt-mode", choices=PROMPT_MODES, default="stream",
                         help="stream: prompt rows evict like decode rows; full: prompt attended in "
-                        "full, eviction after prefill")  # fmt: skip
+                        "full, eviction after prefill; prefill: the prompt compressed once after "
+                        "prefill (kvpress), decode tokens appended without eviction")  # fmt: skip
+    parser.add_argument("--compression-ratio", type=float, metavar="CR",
+                        help="--prompt-mode prefill: keep int(P (1 - CR)) prompt tokens, as kvpress "
+                        "counts them (instead of --budget)")  # fmt: skip
 
 
 def add_replay_arguments(
@@ -518,7 +522,7 @@ def replay_config_from_args(args: argparse.Namespace, trace=None, **extra: Any):
     layers = parse_layers(args.layers, stored=None if trace is None else trace.layers)
     return ReplayConfig(aggregation=args.aggregation, prompt_mode=args.prompt_mode,
                         observation=args.observe, layers=None if layers is None else tuple(layers),
-                        **extra)  # fmt: skip
+                        compression_ratio=args.compression_ratio, **extra)  # fmt: skip
 
 
 # ------------------------------------------------------------------ policy options

@@ -4,7 +4,9 @@ Open-loop replay (docs/architecture.md, "The engine loop"): for t = 0..n-1, ever
 unit admits token t; when :class:`h2osim.schedule.CacheSchedule` says tokens must leave,
 the policy chooses which (deciding from rows < t only); then row t of the full-cache
 model is served over what is kept, measured, and shown to the policy. Evicted tokens
-never return. :func:`replay` below is that loop; :func:`sweep` runs it over policies x
+never return - except under a mask policy (``kind = "mask"``: the official H2O masking
+simulations), which names each row's attended set itself and is served and measured the
+same way (docs/fidelity.md). :func:`replay` below is that loop; :func:`sweep` runs it over policies x
 budgets; :func:`add_gap_to_opt` compares records with the exact optimum. No argparse and
 no printing here: the command line is :mod:`h2osim.replay`.
 
@@ -14,8 +16,10 @@ them. What eviction really does to a model is measured by live eviction (closed 
 
 Options: the budget as a count or a fraction (of the sequence or of the prompt); GQA
 aggregation of a unit's query heads (sum, mean, max) or per-query-head units; the prompt
-streamed row by row or attended in full (eviction starts after prefill, as in the H2O
-masking simulation); observation renormalised over the kept tokens or the full row.
+streamed row by row, attended in full (eviction starts after prefill, as in the H2O
+masking simulation) or compressed once after prefill (kvpress; ``compression_ratio``);
+units per KV head, per query head or per layer; observation renormalised over the kept
+tokens or the full row.
 """
 
 from __future__ import annotations
@@ -34,13 +38,15 @@ from h2osim.schedule import (
     BUDGET_BASES,
     PROMPT_MODES,
     CacheSchedule,
+    ask_mask,
     ask_policy,
+    departures,
     kept_at,
     read_only,
     resolve_budget,
 )
 from h2osim.trace import Trace, aggregate_heads
-from h2osim.units import GQA_MODES, UnitLayout
+from h2osim.units import GQA_MODES, UnitLayout, observed_aggregation
 
 OBSERVATIONS = ("renormalized", "full")  # what a policy observes of a served row
 
@@ -54,11 +60,13 @@ __all__ = [
 class ReplayConfig:
     """How a replay is run (everything except the policy and its budget)."""
 
-    aggregation: str = "sum"  # how a unit's query heads combine: sum | mean | max | per-head
-    prompt_mode: str = "stream"  # stream: prompt rows one by one; full: evict after prefill
+    aggregation: str = "sum"  # how query heads combine: sum | mean | max | per-head | layer
+    prompt_mode: str = "stream"  # stream | full: evict after prefill | prefill: compress once
     observation: str = "renormalized"  # what policies see: renormalized over kept | full row
     layers: tuple[int, ...] | None = None  # model layers to replay (None = all stored)
     output_error: bool = True  # compute the attention-output error when values are stored
+    # prompt mode "prefill" only: keep int(P (1 - ratio)) prompt tokens (kvpress), not --budget
+    compression_ratio: float | None = None
 
     def __post_init__(self) -> None:
         for value, choices, what in ((self.aggregation, GQA_MODES, "aggregation"),
@@ -66,6 +74,14 @@ class ReplayConfig:
                                      (self.observation, OBSERVATIONS, "observation")):  # fmt: skip
             if value not in choices:
                 raise ValueError(f"{what} must be one of {choices}, got {value!r}")
+        if self.compression_ratio is not None:
+            if self.prompt_mode != "prefill":
+                raise ValueError("--compression-ratio is for --prompt-mode prefill (the prompt "
+                                 "compressed once after prefill)")  # fmt: skip
+            if not 0 <= self.compression_ratio < 1:
+                raise ValueError(
+                    f"--compression-ratio must be in [0, 1), got {self.compression_ratio}"
+                )
 
     def layout(self, trace: Trace) -> UnitLayout:
         """The trace's cache units under this configuration."""
@@ -84,16 +100,35 @@ class ReplayResult:
     prompt_length: int
     config: ReplayConfig
     unit_labels: tuple[tuple[int, int], ...]
-    evicted_at: np.ndarray  # (units, n) int32: step at which each token left, -1 = never
+    # (units, n) int32: step at which each token left, -1 = never. For a mask policy: the
+    # step after which the key is never attended again (schedule.departures).
+    evicted_at: np.ndarray
     retained_mass: np.ndarray  # (n, units) float32
     hit_rate: np.ndarray  # (n, units) float32
     output_error: np.ndarray | None  # (n, units) float32, None without values
     seconds: float = 0.0
     summary: dict[str, float | None] = field(default_factory=dict)
+    kind: str = "cache"  # "cache" (permanent eviction) | "mask" (a chosen set per row)
+    # mask policies: (units, n, ceil(n/8)) uint8, row t's attended keys as packed bits
+    attended: np.ndarray | None = field(default=None, repr=False)
 
     def kept_at(self, t: int) -> np.ndarray:
-        """``(units, t+1)`` bool: what each unit held when row t was served."""
-        return kept_at(self.evicted_at, t)
+        """``(units, t+1)`` bool: what each unit held (mask policies: attended) at row t."""
+        return kept_at(self.evicted_at, t, self.attended)
+
+    def served(self, unit: int) -> np.ndarray:
+        """``(n, n)`` bool: entry [t, j] says row t of ``unit`` was served over key j."""
+        if self.attended is not None:
+            return np.unpackbits(self.attended[unit], axis=-1, count=self.n).astype(bool)
+        from h2osim.metrics import kept_matrix
+
+        return kept_matrix(self.evicted_at[unit])
+
+    def row_sizes(self) -> np.ndarray:
+        """``(units, n)`` int: keys each row was served over."""
+        if self.attended is not None:
+            return np.unpackbits(self.attended, axis=-1, count=self.n).sum(axis=-1)
+        return np.stack([self.served(unit).sum(axis=1) for unit in range(len(self.unit_labels))])
 
     def record(self) -> dict[str, Any]:
         """One flat, JSON-ready row for tables and files."""
@@ -131,38 +166,47 @@ def replay(
     policy = make_policy(policy) if isinstance(policy, str) else policy
     layout = config.layout(trace)
     n, prompt = trace.n, trace.prompt_length
-    schedule = CacheSchedule.for_policy(
-        policy, budget, n, prompt, budget_of=budget_of, prompt_mode=config.prompt_mode
-    )
+    schedule = CacheSchedule.for_policy(policy, budget, n, prompt, budget_of=budget_of,
+                                        prompt_mode=config.prompt_mode,
+                                        compression_ratio=config.compression_ratio)  # fmt: skip
     config = dataclasses.replace(config, prompt_mode=schedule.prompt_mode)
     context = ReplayContext(
         units=layout.units, n=n, budget=schedule.budget, prompt_length=prompt,
         unit_labels=layout.labels, unit_matrix=None if policy.online else layout.matrix,
         unit_weights=None if policy.online else layout.weights, prompt_mode=config.prompt_mode,
+        key_norms=layout.key_norms if policy.needs_key_norms else None,
     )  # fmt: skip
     started = time.perf_counter()
     policy.reset(context)
+    mask = policy.kind == "mask"
     units = np.arange(layout.units)[:, None]
-    kept = np.zeros((layout.units, n), dtype=bool)  # (units, n) cache contents
+    kept = np.zeros((layout.units, n), dtype=bool)  # (units, n) cache contents / row mask
     kept_weight = np.zeros((layout.units, n))  # the same as 0/1 floats, for matmuls
     evicted_at = np.full((layout.units, n), -1, dtype=np.int32)
+    attended = np.zeros((layout.units, n, (n + 7) // 8), dtype=np.uint8) if mask else None
     retained_mass = np.empty((n, layout.units), dtype=np.float32)
     hit_rate = np.empty((n, layout.units), dtype=np.float32)
     stats = RowStatistics(layout)
     held = 0
     for t in _steps(n, progress, f"{policy.name} k={schedule.budget}"):
-        # 1. admit token t
-        kept[:, t] = True
-        kept_weight[:, t] = 1.0
-        held += 1
-        # 2. evict what the schedule asks for, chosen by the policy
-        count = schedule.evictions(t, held)
-        if count:
-            victims = ask_policy(policy, t, kept, count)  # (units, count)
-            kept[units, victims] = False
-            kept_weight[units, victims] = 0.0
-            evicted_at[units, victims] = t
-            held -= count
+        if mask:
+            # 1-2. a mask policy names the whole set row t attends (re-admission allowed)
+            kept[:, : t + 1] = ask_mask(policy, t, layout.units)
+            kept_weight[:, : t + 1] = kept[:, : t + 1]
+            attended[:, t] = np.packbits(kept, axis=-1)
+        else:
+            # 1. admit token t
+            kept[:, t] = True
+            kept_weight[:, t] = 1.0
+            held += 1
+            # 2. evict what the schedule asks for, chosen by the policy
+            count = schedule.evictions(t, held)
+            if count:
+                victims = ask_policy(policy, t, kept, count)  # (units, count)
+                kept[units, victims] = False
+                kept_weight[units, victims] = 0.0
+                evicted_at[units, victims] = t
+                held -= count
         # 3. serve row t over the cache and measure it
         rows = layout.rows(t)  # (units, G, t+1) float64
         kept_mass = np.matmul(rows, kept_weight[:, : t + 1, None])[:, :, 0]  # (units, G), exact
@@ -174,14 +218,18 @@ def replay(
         observed = _observe(rows, kept_mass, kept_weight[:, : t + 1], config)
         policy.observe(t, observed, read_only(kept[:, : t + 1]))
     stats.finish()
-    errors = layout.output_errors(evicted_at) if config.output_error and trace.has_values else None
+    if mask:
+        evicted_at = departures(attended, n)
     result = ReplayResult(
         policy=policy.name, description=policy.describe(), online=policy.online,
         budget=schedule.budget, n=n, prompt_length=prompt, config=config,
         unit_labels=layout.labels, evicted_at=evicted_at, retained_mass=retained_mass,
-        hit_rate=hit_rate, output_error=errors, seconds=time.perf_counter() - started,
+        hit_rate=hit_rate, output_error=None, kind=policy.kind, attended=attended,
     )  # fmt: skip
-    result.summary = summarize(retained_mass, hit_rate, errors, prompt)
+    if config.output_error and trace.has_values:
+        result.output_error = layout.output_errors(result.served if mask else evicted_at)
+    result.seconds = time.perf_counter() - started
+    result.summary = summarize(retained_mass, hit_rate, result.output_error, prompt)
     return result
 
 
@@ -240,8 +288,7 @@ def _observe(
     else:
         safe_mass = np.where(kept_mass > 0, kept_mass, 1.0)[:, :, None]  # kept rows of 0 stay 0
         per_head = rows / safe_mass
-    aggregation = "sum" if config.aggregation == "per-head" else config.aggregation  # G = 1
-    combined = aggregate_heads(per_head, aggregation, axis=1)  # (units, t+1)
+    combined = aggregate_heads(per_head, observed_aggregation(config.aggregation), axis=1)
     if config.observation != "full":
         combined *= kept  # evicted tokens observe 0 (after combining: one pass, not G)
     return combined
@@ -286,9 +333,9 @@ def sweep(
 
 def add_gap_to_opt(records: list[dict[str, Any]]) -> bool:
     """Give every record ``gap_to_opt``: opt's retained mass minus its own, when opt was
-    replayed at the same budget and prompt mode (else None; negative for the topk bound).
-    Without opt, records are left alone and it returns False. Example: opt 0.91, h2o
-    0.87 -> gap 0.04."""
+    replayed at the same budget and prompt mode (else None; negative for the topk bound,
+    and possibly for mask policies, which opt does not bound). Without opt, records are
+    left alone and it returns False. Example: opt 0.91, h2o 0.87 -> gap 0.04."""
     optimum = {(r["budget"], r["prompt_mode"]): r["retained_mass"]
                for r in records if r["policy"] == "opt"}  # fmt: skip
     if not optimum:

@@ -31,21 +31,22 @@ from h2osim.files import write_json
 from h2osim.model.live import (
     DEFAULT_MAX_TOKENS,
     DEFAULT_PREFILL_CHUNK,
+    LIVE_AGGREGATIONS,
     LiveConfig,
     check_live_policy,
     check_prompt_needed,
     generate,
+    live_policy_names,
     teacher_forced,
 )
-from h2osim.policies import Policy, make_policy, policy_names
+from h2osim.policies import Policy, make_policy
 from h2osim.schedule import resolve_budget
-from h2osim.trace import AGGREGATIONS
 
 
 def build_parser() -> argparse.ArgumentParser:
     from h2osim.model import add_model_arguments, add_text_arguments
 
-    online = [name for name in policy_names(online=True) if name != "full"]
+    online = live_policy_names()
     parser = argparse.ArgumentParser(
         prog="python -m h2osim.live",
         description="Live (closed-loop) KV-cache eviction inside the real model: the policies "
@@ -60,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--policy", action="append", metavar="NAME",
                         help=f"policy to run live, repeatable, or 'all' (default: h2o). Online "
                              f"policies only: {', '.join(online)}")  # fmt: skip
-    add_cache_arguments(parser, aggregations=AGGREGATIONS,
+    add_cache_arguments(parser, aggregations=LIVE_AGGREGATIONS,
                         sequence="n = text tokens, or prompt + new tokens with --generate")  # fmt: skip
     parser.add_argument("--generate", type=int, metavar="N",
                         help="generate N tokens greedily after the text instead of teacher forcing")  # fmt: skip
@@ -87,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def selected_policies(requested: Sequence[str] | None, params: dict[str, Any]) -> list[Policy]:
     """Policies named on the command line ('all' = every online policy but ``full``)."""
-    everything = [name for name in policy_names(online=True) if name != "full"]
+    everything = live_policy_names()
     policies = [make_policy(name, **params) for name in requested_policies(requested, everything)]
     for policy in policies:
         check_live_policy(policy)
@@ -120,7 +121,8 @@ def run(args: argparse.Namespace, command: str = "") -> int:
     # cheap checks first: loading the model takes seconds
     check_outputs({"--json": args.json}, inputs=[args.text_file], stdout_ok={"--json"})
     config = LiveConfig(aggregation=args.aggregation, prompt_mode=args.prompt_mode,
-                        prefill_chunk=args.prefill_chunk, batch=args.batch)  # fmt: skip
+                        prefill_chunk=args.prefill_chunk, batch=args.batch,
+                        compression_ratio=args.compression_ratio)  # fmt: skip
     policies = selected_policies(args.policy, policy_parameters(args))
     resolve_budget(args.budget, 1, 1)  # syntax: a fraction in (0, 1] or a whole count
     if args.generate is not None and args.generate < 1:
@@ -156,8 +158,10 @@ def run(args: argparse.Namespace, command: str = "") -> int:
         records = report.records()
         for record in records:
             record["perplexity_gap"] = record["perplexity"] - reference_ppl
+        scope = (f" over the continuation, rows {args.prompt_length}..{len(ids) - 2}"
+                 if args.prompt_mode == "prefill" else "")  # fmt: skip
         print(f"teacher forcing, n = {len(ids)} tokens ({text.kind} {text.name}); "
-              f"full-cache perplexity {reference_ppl:.3f}")  # fmt: skip
+              f"full-cache perplexity {reference_ppl:.3f}{scope}")  # fmt: skip
         columns = list(TEACHER_COLUMNS)
         if len({record["prompt_mode"] for record in records[1:]}) > 1:
             columns.insert(2, ("prompt_mode", "prompt", "s"))

@@ -39,7 +39,7 @@ import numpy as np
 
 from h2osim.metrics import summarize
 from h2osim.policies.base import Policy, ReplayContext
-from h2osim.schedule import CacheSchedule, cache_sizes, resolve_budget
+from h2osim.schedule import CacheSchedule, cache_sizes, compressed_size, resolve_budget
 
 
 def eviction_counts(
@@ -358,6 +358,25 @@ def topk_per_step(weights: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     return np.diagonal(weights) + older_part
 
 
+def row_topk(weights: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """``(n,)``: the most mass any set of ``sizes[t]`` keys of row t could hold - the
+    bound for mask policies, whose rows need not contain the newest key. Example: row
+    [0.5, 0.1, 0.3, 0.1], size 2 -> 0.8."""
+    weights = np.tril(np.asarray(weights, dtype=np.float64))
+    running = np.cumsum(-np.sort(-weights, axis=1), axis=1)  # (n, n)
+    take = np.asarray(sizes)
+    return np.where(take > 0, running[np.arange(len(take)), np.maximum(take - 1, 0)], 0.0)
+
+
+def topk_at_sizes(trace, result) -> np.ndarray:
+    """``(n, units)``: the per-row ``topk`` bound at the row sizes ``result`` (a
+    ReplayResult, cache or mask) was really served with - the bound that holds for every
+    kind. opt bounds only permanent eviction (``kind == "cache"``)."""
+    layout = result.config.layout(trace)
+    sizes = result.row_sizes()  # (units, n)
+    return np.stack([row_topk(layout.weights(u), sizes[u]) for u in range(layout.units)], 1)
+
+
 # --------------------------------------------------------------------------- the topk bound
 # At each step, the most retained mass any cache of the engine's size could hold is the top
 # of the current row (the newest token included, since the engine always keeps it; during a
@@ -407,6 +426,8 @@ def topk_bound(trace, budget: float | int | str = 0.2, *, budget_of: str = "sequ
     layout = config.layout(trace)
     n, prompt = trace.n, trace.prompt_length
     budget_tokens = resolve_budget(budget, n, prompt, budget_of)
+    if getattr(config, "compression_ratio", None) is not None:
+        budget_tokens = compressed_size(prompt, config.compression_ratio)
     sizes = cache_sizes(eviction_counts(n, budget_tokens, prompt, config.prompt_mode))
     bound = np.stack([topk_per_step(layout.weights(u), sizes) for u in range(layout.units)], 1)
     summary = summarize(bound, np.zeros_like(bound), None, prompt)

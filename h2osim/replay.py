@@ -29,7 +29,7 @@ from h2osim.cli import (
 )
 from h2osim.engine import add_gap_to_opt, replay
 from h2osim.files import write_json, write_output
-from h2osim.policies import make_policy, policy_names
+from h2osim.policies import make_policy, policy_class, policy_names
 from h2osim.trace import Trace
 
 
@@ -45,13 +45,19 @@ def parse_sweep(text: str) -> list[float]:
 
 
 # --------------------------------------------------------------------------- CLI
+def _label(name: str) -> str:
+    """``name [offline] [mask]`` for the help text."""
+    policy = make_policy(name)
+    tags = ([] if policy.online else ["offline"]) + (["mask"] if policy.kind == "mask" else [])
+    return name + "".join(f" [{tag}]" for tag in tags)
+
+
 def build_parser() -> argparse.ArgumentParser:
     names = policy_names()
     parser = argparse.ArgumentParser(
         prog="python -m h2osim.replay",
         description="Replay an attention trace through KV-cache eviction policies and compare them.",
-        epilog="policies: " + "; ".join(f"{name}{'' if make_policy(name).online else ' [offline]'}"
-                                        for name in names)
+        epilog="policies: " + "; ".join(_label(name) for name in names)
         + ".  Example: python -m h2osim.replay traces/synthetic-demo.npz --policy all --budget 0.2",
     )  # fmt: skip
     parser.add_argument("trace", help="trace file (.npz, format v1; see docs/trace-format.md)")
@@ -104,6 +110,12 @@ def run(args: argparse.Namespace) -> int:
     trace = Trace.load(args.trace)
     check_counts(policy_parameters(args), trace.n)
     config = replay_config_from_args(args, trace, output_error=not args.no_output_error)
+    if not trace.has_key_norms and "all" in ",".join(args.policy or []).split(","):
+        skipped = [name for name in names if policy_class(name).needs_key_norms]
+        names = [name for name in names if name not in skipped]
+        if skipped:
+            print(f"note: {', '.join(skipped)} skipped: this trace stores no key norms",
+                  file=sys.stderr)  # fmt: skip
     policies = [make_policy(name, **policy_parameters(args)) for name in names]
     progress = not args.no_progress
     print(f"trace {args.trace}: {trace.describe()}")
@@ -112,7 +124,10 @@ def run(args: argparse.Namespace) -> int:
         from h2osim.grid import Grid, PolicySpec, RunConfig, check_budgets, trace_ref
         from h2osim.sweep import group_records, print_sweep, run_grid
 
-        run_config = RunConfig(**vars(config), budget_of=args.budget_of)
+        if config.compression_ratio is not None:
+            raise ValueError("--sweep varies the budget and --compression-ratio fixes it; give one")
+        fields = {key: value for key, value in vars(config).items() if key != "compression_ratio"}
+        run_config = RunConfig(**fields, budget_of=args.budget_of)
         grid = Grid([trace_ref(args.trace, trace)], [PolicySpec.of(policy) for policy in policies],
                     budgets, [run_config])  # fmt: skip
         check_budgets(grid)
@@ -136,9 +151,18 @@ def run(args: argparse.Namespace) -> int:
         # Policies that attend the prompt in full score 1 on every prompt row; when modes
         # differ, only the decode rows compare like with like.
         mixed_modes = len({result.config.prompt_mode for result in results}) > 1
+        masks = any(result.kind == "mask" for result in results)
         rank_by = "retained_mass_decode" if mixed_modes else "retained_mass"
         results.sort(key=lambda result: -result.summary[rank_by])
         records = [{"rank": i + 1, **result.record()} for i, result in enumerate(results)]
+        if masks:  # the oracle hierarchy: which bound holds for which row
+            from h2osim.oracles import topk_at_sizes
+
+            for record, result in zip(records, results, strict=True):
+                own = topk_at_sizes(trace, result).mean()
+                record["kind"] = result.kind
+                record["bounded_by"] = "topk" if result.kind == "mask" else "opt, topk"
+                record["topk_gap"] = float(own - result.summary["retained_mass"])
         has_error = records[0]["output_error"] is not None
         columns = [c for c in RESULT_COLUMNS if c[0] != "output_error" or has_error]
         bound_records = [] if bound is None else [{"rank": None, **bound.record()}]
@@ -147,9 +171,21 @@ def run(args: argparse.Namespace) -> int:
                            ("gap_to_opt", "gap to opt", ".4f"))  # fmt: skip
         if mixed_modes:
             columns.insert(3, ("prompt_mode", "prompt", "s"))
+        if masks:
+            columns.insert(3, ("kind", "kind", "s"))
+            columns.insert(
+                columns.index(("hit_rate", "hit rate", ".4f")), ("bounded_by", "bounded by", "s")
+            )
+            columns.insert(
+                columns.index(("hit_rate", "hit rate", ".4f")), ("topk_gap", "topk gap", ".4f")
+            )
         print(format_table(bound_records + records, columns))
         if mixed_modes:
             print("ranked by mass(decode): some policies attend the prompt in full (prompt = full)")
+        if masks:
+            print("kind mask: the row's attended set is chosen anew each row (re-admission), as the "
+                  "official H2O masking code does; opt (permanent eviction) does not bound it, topk "
+                  "at the policy's own row sizes does (topk gap >= 0 for every row)")  # fmt: skip
         if bound is not None:
             print("topk: per-step upper bound (best tokens of each row, re-admission allowed), "
                   "not a policy; gap to opt = opt's retained mass minus the row's")  # fmt: skip

@@ -19,6 +19,7 @@ attention_encoding     unicode ()                "float32" | "float16" | "quanti
 attention_levels       int64 ()                  only for "quantized": levels per unit
 attention.L{l}         (H, n(n+1)/2)             packed lower triangle, row t at t(t+1)/2
 values.L{l}            float16/32 (KVH, n, d)    optional value vectors
+key_norms.L{l}         float32 (KVH, n)          optional L2 norms of the cached keys
 =====================  ========================  =====================================
 
 The "quantized" encoding is lossy but keeps every row sum exact: it stores the integer
@@ -626,6 +627,7 @@ class Trace:
         values: Mapping[int, np.ndarray] | np.ndarray | None = None,
         metadata: Mapping[str, Any] | None = None,
         validate: bool = True,
+        key_norms: Mapping[int, np.ndarray] | None = None,
     ) -> Trace:
         """Build an in-memory trace from float attention.
 
@@ -663,6 +665,8 @@ class Trace:
             )
             for layer, layer_values in zip(layer_ids, value_list, strict=True):
                 arrays[f"values.L{layer}"] = np.ascontiguousarray(layer_values)
+        for layer, norms in (key_norms or {}).items():  # optional: (KVH, n) per layer
+            arrays[f"key_norms.L{layer}"] = np.ascontiguousarray(norms, dtype=np.float32)
         header = {
             "format_version": np.int64(FORMAT_VERSION),
             "layers": np.asarray(layer_ids, dtype=np.int64),
@@ -766,10 +770,21 @@ class Trace:
                 f"{sorted(value_keys - present_values)[0]}: values must be stored for every layer or none"
             )
         self.has_values = bool(present_values)
+        norm_keys = {f"key_norms.L{layer}" for layer in self.layers}
+        present_norms = norm_keys & set(members)
+        if present_norms and present_norms != norm_keys:
+            raise TraceError(f"{sorted(norm_keys - present_norms)[0]}: key norms must be stored "
+                             "for every layer or none")  # fmt: skip
+        for key in sorted(present_norms):
+            if members[key].shape != (self.num_kv_heads, self.n):
+                raise TraceError(
+                    f"{key}: expected shape ({self.num_kv_heads}, {self.n}), got {members[key].shape}"
+                )
+        self.has_key_norms = bool(present_norms)
         missing_arrays = sorted(expected - set(members))
         if missing_arrays:
             raise TraceError(f"{missing_arrays[0]}: required key is missing")
-        unknown = sorted(set(members) - expected - value_keys)
+        unknown = sorted(set(members) - expected - value_keys - norm_keys)
         if unknown:
             raise TraceError(f"{unknown[0]}: unknown key for format version {FORMAT_VERSION}")
 
@@ -957,6 +972,13 @@ class Trace:
             return None
         return self._raw(f"values.L{layer}").astype(np.float32, copy=False)
 
+    def key_norms(self, layer: int) -> np.ndarray | None:
+        """L2 norms ``(KVH, n)`` float32 of one layer's cached keys, or None when not stored."""
+        self._check_layer(layer)
+        if not self.has_key_norms:
+            return None
+        return self._raw(f"key_norms.L{layer}").astype(np.float32, copy=False)
+
     @property
     def decode_steps(self) -> int:
         return self.n - self.prompt_length
@@ -1006,6 +1028,8 @@ class Trace:
             if self.has_values:
                 stored = np.asarray(self._raw(f"values.L{layer}"))
                 arrays[f"values.L{layer}"] = stored.astype(values_dtype) if values_dtype else stored
+            if self.has_key_norms:
+                arrays[f"key_norms.L{layer}"] = np.asarray(self._raw(f"key_norms.L{layer}"))
         writer = np.savez_compressed if compress else np.savez
         with atomic_write(path) as handle:
             writer(handle, **arrays)

@@ -3,7 +3,8 @@
 Used only as the differential oracle for the vectorised engine in h2osim.replay. It
 drives the same policy objects (their scoring is pinned by known-answer tests) but does
 its own admission, eviction choice (sorting (score, position) pairs), metrics and
-renormalised observation, token by token.
+renormalised observation, token by token. Mask policies name each row's set themselves;
+the reference then only serves, measures and observes it.
 """
 
 from __future__ import annotations
@@ -19,20 +20,23 @@ from h2osim.policies import ReplayContext, ScorePolicy
 
 def reference_replay(trace, policy, budget, *, budget_of="sequence", config=None):
     config = config or ReplayConfig()
+    config = ReplayConfig(config.aggregation,
+                          policy.prompt_mode or config.prompt_mode, config.observation,
+                          config.layers, compression_ratio=config.compression_ratio)  # fmt: skip
     layout = config.layout(trace)
     n, prompt = trace.n, trace.prompt_length
     fixed = policy.fixed_budget(n, prompt)
     k = resolve_budget(budget, n, prompt, budget_of) if fixed is None else fixed
-    if policy.prompt_mode is not None:
-        config = ReplayConfig(
-            config.aggregation, policy.prompt_mode, config.observation, config.layers
-        )
+    if fixed is None and config.prompt_mode == "prefill" and config.compression_ratio is not None:
+        k = max(1, int(prompt * (1 - config.compression_ratio)))  # kvpress's count
     units = layout.units
     # Which (layer, query head) rows feed each unit, and that unit's value vectors.
     heads_of_unit = []
     for layer, head in layout.labels:
         if config.aggregation == "per-head":
             heads_of_unit.append([(layer, head)])
+        elif config.aggregation == "layer":
+            heads_of_unit.append([(layer, h) for h in range(trace.num_heads)])
         else:
             heads_of_unit.append(
                 [(layer, h) for h in range(trace.num_heads) if trace.head_map[h] == head]
@@ -47,19 +51,35 @@ def reference_replay(trace, policy, budget, *, budget_of="sequence", config=None
             unit_matrix=None if policy.online else layout.matrix,
             unit_weights=None if policy.online else layout.weights,
             prompt_mode=config.prompt_mode,
+            key_norms=layout.key_norms if policy.needs_key_norms else None,
         )
     )
+    mask = policy.kind == "mask"
+    last_row = np.full((units, n), -1)  # masks: the last row that attended each key
     caches = [[] for _ in range(units)]
     evicted_at = np.full((units, n), -1)
     mass = np.zeros((n, units))
     hits = np.zeros((n, units))
     errors = np.zeros((n, units)) if trace.has_values else None
     for t in range(n):
-        for cache in caches:
-            cache.append(t)
-        prefill = config.prompt_mode == "full" and t < prompt
-        if len(caches[0]) > k and not prefill:
-            count = len(caches[0]) - k
+        if mask:
+            attended = policy.attend(t)
+            caches = [[j for j in range(t + 1) if attended[u][j]] for u in range(units)]
+            for u, cache in enumerate(caches):
+                last_row[u, cache] = t
+        else:
+            for cache in caches:
+                cache.append(t)
+        held = len(caches[0])
+        if mask:
+            count = 0
+        elif config.prompt_mode == "prefill":
+            count = held - k - 1 if t == prompt and held > k + 1 else 0
+        elif config.prompt_mode == "full" and t < prompt:
+            count = 0
+        else:
+            count = max(0, held - k)
+        if count:
             kept = _kept_array(caches, t)
             if isinstance(policy, ScorePolicy) and type(policy).evict is ScorePolicy.evict:
                 scores = policy.score(t, kept)
@@ -108,16 +128,20 @@ def reference_replay(trace, policy, budget, *, budget_of="sequence", config=None
             mass[t, u] = sum(head_mass) / len(head_mass)
             hits[t, u] = sum(head_hits) / len(head_hits)
             if errors is not None:
-                errors[t, u] = sum(head_errors) / len(head_errors)
+                errors[t, u] = sum(head_errors) / len(head_errors) if cache else 1.0
             for j in range(t + 1):
                 column = [head_row[j] for head_row in per_head_observed]
                 if config.aggregation == "max":
                     observed[u, j] = max(column)
-                elif config.aggregation == "mean":
+                elif config.aggregation in ("mean", "layer"):
                     observed[u, j] = sum(column) / len(column)
                 else:
                     observed[u, j] = sum(column)
         policy.observe(t, observed, _kept_array(caches, t))
+    if mask:  # a key leaves for good after the last row that attended it (never: at once)
+        evicted_at = np.where(
+            last_row < 0, np.arange(n), np.where(last_row == n - 1, -1, last_row + 1)
+        )
     return {
         "evicted_at": evicted_at,
         "retained_mass": mass,

@@ -69,6 +69,8 @@ def traces(
     head_map = [h // group for h in range(heads)]
     if draw(st.booleans()):
         head_map = [h % kv_heads for h in range(heads)]
+    # key norms (for knorm) on a coarse grid: exact ties occur
+    norms = draw(arrays(np.float32, (layers, kv_heads, n), elements=st.integers(1, 6).map(float)))
     return Trace.from_arrays(
         attention,
         head_map=head_map,
@@ -76,6 +78,7 @@ def traces(
         layers=layer_ids,
         values=value_array,
         metadata={"model": "hypothesis"},
+        key_norms=dict(zip(layer_ids, norms, strict=True)),
     )
 
 

@@ -25,6 +25,8 @@ class Recorder(Policy):
     def __init__(self, inner: Policy):
         self.inner = inner
         self.name, self.online, self.prompt_mode = inner.name, inner.online, inner.prompt_mode
+        self.kind = inner.kind
+        self.needs_key_norms = inner.needs_key_norms
         self.fixed_budget = inner.fixed_budget
         self.kept_seen: dict[int, np.ndarray] = {}
         self.contexts = []
@@ -39,6 +41,9 @@ class Recorder(Policy):
     def evict(self, t, kept, count):
         assert not kept.flags.writeable, "policies must get a read-only view of the cache"
         return self.inner.evict(t, kept, count)
+
+    def attend(self, t):
+        return self.inner.attend(t)
 
     def observe(self, t, observed, kept) -> None:
         self.kept_seen[t] = kept.copy()
@@ -63,13 +68,22 @@ def test_conformance(name, trace, budget, config):
     context = recorder.contexts[0]
     k = result.budget
     assert (context.unit_matrix is None) == policy_class(name).online  # no trace for online ones
+    prompt, mode = trace.prompt_length, result.config.prompt_mode
     for t in range(trace.n):
         kept = recorder.kept_seen[t]  # what the engine really served row t over
         np.testing.assert_array_equal(kept, result.kept_at(t))
+        served = np.stack([result.served(u)[t, : t + 1] for u in range(kept.shape[0])])
+        np.testing.assert_array_equal(kept, served)
+        if result.kind == "mask":
+            continue  # a mask names each row's set: sizes vary, keys may come back
         assert kept[:, t].all(), "the newest token is always admitted"
-        in_prefill = result.config.prompt_mode == "full" and t < trace.prompt_length
-        expected = t + 1 if in_prefill else min(t + 1, k)
-        assert (kept.sum(axis=1) == expected).all(), "cache holds exactly min(t+1, budget)"
+        if mode == "prefill":  # compressed once, after the prompt, then appended
+            expected = t + 1 if t < prompt or prompt <= k else k + 1 + (t - prompt)
+        elif mode == "full" and t < prompt:
+            expected = t + 1
+        else:
+            expected = min(t + 1, k)
+        assert (kept.sum(axis=1) == expected).all(), "cache holds exactly what the schedule says"
         if t:
             previous = recorder.kept_seen[t - 1]
             assert not (kept[:, :t] & ~previous).any(), "an evicted token came back"
@@ -87,7 +101,7 @@ REPLAY_BUDGETED = [name for name in ALL if make_policy(name).fixed_budget(100, 5
 @given(trace=traces(max_n=10), config=configs)
 def test_budget_at_least_n_equals_full(name, trace, config):
     result = replay(trace, make_policy(name), trace.n + 3, config=config)
-    full = replay(trace, make_policy("full"), 0.5, config=config)
+    full = replay(trace, make_policy("full"), 0.5, config=result.config)
     assert (result.evicted_at == -1).all()
     np.testing.assert_allclose(result.retained_mass, full.retained_mass)
     np.testing.assert_allclose(result.retained_mass, 1.0, atol=1e-6)
@@ -118,7 +132,9 @@ def trace_pairs(draw):
         fresh = softmax_rows(draw(attention_logits(dense.shape)) + np.linspace(0, 3, trace.n))
         dense[:, cut:] = fresh[:, cut:]
         other[int(layer)] = pack_lower(dense).astype(np.float32)
-    changed = Trace.from_arrays(other, head_map=trace.head_map, prompt_length=trace.prompt_length)
+    norms = {int(layer): trace.key_norms(int(layer)) for layer in trace.layers}
+    changed = Trace.from_arrays(other, head_map=trace.head_map, prompt_length=trace.prompt_length,
+                                key_norms=norms)  # fmt: skip
     return trace, changed, cut
 
 

@@ -25,15 +25,16 @@ from h2osim.model.live import (
     SWEEP_POLICIES,
     LiveConfig,
     generate,
+    live_policy_names,
     model_shape,
     run_group,
     teacher_forced,
 )
 from h2osim.model.live_cache import EvictingCache, EvictingLayer, SlotPlan, apply_plan
-from h2osim.policies import make_policy, policy_names
+from h2osim.policies import make_policy
 from h2osim.trace import Trace
 
-LIVE_POLICIES = [name for name in policy_names(online=True) if name != "full"]
+LIVE_POLICIES = live_policy_names()  # online caches: masks re-admit, so they are replay-only
 
 
 @functools.lru_cache(maxsize=1)
@@ -146,10 +147,10 @@ def test_live_equals_masked_one_shot_forward(name):
     model = tiny_model()
     ids = tiny_ids(36)
     run, logits = live_logits(model, make_policy(name), 11, ids, prompt_length=8)
-    evicted_at = run.controller.evicted_at[0]
+    evicted_at = run.controller.per_kv(run.controller.evicted_at)[0]  # layer units repeated
     reference, full_cache = masked_reference(model, ids, evicted_at)
     assert torch.allclose(logits, reference, atol=1e-4), (logits - reference).abs().max()
-    slot_positions = run.controller.slot_positions[0]  # (units, slots)
+    slot_positions = run.controller.per_kv(run.controller.slot_positions)[0]  # (units, slots)
     layers, _, kv_heads = model_shape(model)
     for layer in range(layers):
         live_keys = run.cache.layers[layer].keys[0]  # (KVH, slots, d)
@@ -225,21 +226,25 @@ def test_live_evictions_equal_a_replay_of_the_rows_the_live_model_served():
     n = len(ids)
     for name, aggregation in (
         ("h2o", "sum"),
-        ("tova", "max"),
+        ("tova-kv", "max"),
+        ("tova", "sum"),  # one kept set per layer, over per-KV-head units
+        ("h2o", "layer"),  # layer units: one cache unit (kept set) per layer
         ("scissorhands", "mean"),
         ("lru", "sum"),
     ):
+        per_layer = aggregation == "layer"
         dense = np.zeros((layers, heads, n, n), dtype=np.float32)
 
-        def record(t0, attentions, slot_positions, dense=dense):
+        def record(t0, attentions, slot_positions, dense=dense, per_layer=per_layer):
             for layer in range(layers):
                 weights = attentions[layer][0].float().numpy()  # (H, m, slots)
                 for offset in range(weights.shape[1]):
                     t = t0 + offset
                     for head in range(heads):
-                        positions = slot_positions[
-                            0, layer * kv_heads + head // (heads // kv_heads)
-                        ]
+                        unit = (
+                            layer if per_layer else layer * kv_heads + head // (heads // kv_heads)
+                        )
+                        positions = slot_positions[0, unit]
                         width = min(len(positions), t + 1)
                         dense[layer, head, t, positions[:width]] = weights[head, offset, :width]
 
@@ -340,7 +345,7 @@ def test_sliding_window_models_are_refused():
         (["--generate", "0"], "at least 1 new token"),
         (["--prefill-chunk", "0"], "--prefill-chunk must be >= 1"),
         (["--pydoc-topic", "no-such-topic"], "unknown pydoc topic"),
-        (["--policy", "all"], "h2o-mask"),  # policies that attend the prompt in full need P
+        (["--policy", "all"], "h2o-drop"),  # policies that attend the prompt in full need P
         (["--prompt-mode", "full"], "--prompt-length P"),
     ],
 )

@@ -57,6 +57,7 @@ KNOWN = {
     # latest served row. t=3: row 2 [.1,.6,.3] -> 0. t=4: row 3 over {1,2,3} [.556,.178,.267]
     # -> 2. t=5: row 4 over {1,3,4} [.5,.125,.375] -> 3.
     "tova": ({}, {0: 3, 2: 4, 3: 5}),
+    "tova-kv": ({}, {0: 3, 2: 4, 3: 5}),  # one head: a layer unit is the KV-head unit
     # used = >= 50% of row max; last use [0, 2, 2] at t=3 -> 0; [-, 3, 2, 3] -> 2; [-, 4, -, 3, 4] -> 3.
     "lru": ({"threshold": 0.5}, {0: 3, 2: 4, 3: 5}),
     # uses [1, 2, 1] at t=3 -> tie 0/2, oldest 0; [-, 3, 1, 0] -> 3; [-, 4, 1, -, 1] -> tie 2/4 -> 2.
@@ -65,6 +66,12 @@ KNOWN = {
     # at t=4 [-, 0, 2, 1] -> 2; at t=5 [-, 0, -, 2, 0] -> 3.
     "scissorhands": ({"history": 2, "recent_ratio": 0.0}, {0: 3, 2: 4, 3: 5}),
     "full": ({}, {}),
+    # acc / rows that saw it. t=3: [1.3/3, 1.4/2, .3/1] -> 2. t=4: row 3 over {0,1,3} ->
+    # acc [1.419, 1.995, -, .286] / [4, 3, -, 1] -> 3. t=5: [1.544/5, 2.495/4, .375/1] -> 0.
+    "observed": ({}, {2: 3, 3: 4, 0: 5}),
+    # window 2, no pooling: t=3 scores key 0 by rows 1-2 (.15), keys 1-2 in the window -> 0.
+    # t=4: key 1 (rows 2-3: .6, .556) is the only key older than the window -> 1. t=5: -> 2.
+    "snapkv": ({"window": 2, "kernel": 1}, {0: 3, 1: 4, 2: 5}),
 }
 
 
@@ -74,12 +81,43 @@ def test_known_evictions(name):
     assert evictions(name, TRACE, 3, **params) == expected
 
 
-VARIANT_TESTS = {"h2o-mask", "h2o-drop", "h2o-flexgen", "h2o-sqrt", "h2o-log", "a2sf"}
+# h2o-mask, -2023, -drop, -flexgen: row by row against the official code (test_golden_h2o.py);
+# knorm: its own known answer below (it needs key norms)
+VARIANT_TESTS = {"h2o-mask", "h2o-mask-2023", "h2o-drop", "h2o-flexgen", "h2o-sqrt", "h2o-log",
+                 "a2sf", "knorm"}  # fmt: skip
 
 
 def test_every_online_policy_has_a_known_answer():
     deterministic = set(policy_names(online=True)) - {"random"}
     assert deterministic <= set(KNOWN) | VARIANT_TESTS
+
+
+def test_knorm_evicts_the_largest_key_norms():
+    norms = {0: np.array([[3.0, 9.0, 4.0, 5.0, 1.0, 2.0]], dtype=np.float32)}
+    dense = np.zeros((1, 1, 6, 6), dtype=np.float32)
+    for t, row in enumerate(ROWS):
+        dense[0, 0, t, : t + 1] = row
+    trace = Trace.from_arrays(dense, head_map=[0], key_norms=norms)
+    # t=3: norms of {0, 1, 2} = 3, 9, 4 -> 1; t=4: {0, 2, 3} -> 3 (5); t=5: {0, 2, 4} -> 2
+    assert evictions("knorm", trace, 3) == {1: 3, 3: 4, 2: 5}
+    with pytest.raises(ValueError, match="key norms"):
+        replay(TRACE, make_policy("knorm"), 3)
+
+
+def test_snapkv_pools_the_window_scores_with_zero_padding():
+    """kvpress's avg_pool1d(kernel 5, padding 2): every key divided by 5, edges included."""
+    from h2osim.policies.base import ReplayContext
+
+    policy = make_policy("snapkv", window=2, kernel=5)
+    policy.reset(ReplayContext(units=1, n=8, budget=3, prompt_length=8, unit_labels=((0, 0),)))
+    for t in range(7):
+        row = np.zeros((1, t + 1))
+        row[0, 0] = 1.0  # all attention on key 0
+        policy.observe(t, row, np.ones((1, t + 1), dtype=bool))
+    scores = policy.score(7, np.ones((1, 8), dtype=bool))
+    # keys 0..4 scored (older than the window 5-6): mean [1, 0, 0, 0, 0] pooled -> [.2, .2, .2, 0, 0]
+    np.testing.assert_allclose(scores[0, :5], [0.2, 0.2, 0.2, 0.0, 0.0])
+    assert np.isinf(scores[0, 5:]).all()
 
 
 def test_h2o_known_retained_mass():
@@ -116,8 +154,21 @@ GQA_ROWS_B = [[1.0], [0.5, 0.5], [0.001, 0.299, 0.7], [0.25, 0.25, 0.25, 0.25]]
 )
 def test_gqa_aggregation_known_answer(aggregation, unit, victim):
     trace = rows_trace([GQA_ROWS_A, GQA_ROWS_B], head_map=(0, 0))
-    got = evictions("tova", trace, 3, unit=unit, config=ReplayConfig(aggregation=aggregation))
+    got = evictions("tova-kv", trace, 3, unit=unit, config=ReplayConfig(aggregation=aggregation))
     assert got == {victim: 3}
+
+
+def test_tova_keeps_one_set_per_layer():
+    """Published TOVA: the latest row averaged over all heads of the layer, one kept set for
+    the layer. Per-head units: head A alone would evict 2, head B 0; tova averages them
+    ([0.2505, 0.2995, 0.45]) and both units evict 0. Layer units give the same set."""
+    trace = rows_trace([GQA_ROWS_A, GQA_ROWS_B], head_map=(0, 0))
+    for aggregation in ("per-head", "sum", "mean", "layer"):
+        result = replay(trace, make_policy("tova"), 3, config=ReplayConfig(aggregation=aggregation))
+        assert (result.evicted_at[:, 0] == 3).all() and (result.evicted_at[:, 1:] == -1).all()
+    two_kv = rows_trace([GQA_ROWS_A, GQA_ROWS_B], head_map=(0, 1))  # one head per KV head
+    assert evictions("tova", two_kv, 3, unit=1) == {0: 3}  # the layer's average decides
+    assert evictions("tova-kv", two_kv, 3, unit=0) == {2: 3}  # per KV head: head A alone
 
 
 def test_random_is_seeded_and_uniform():
@@ -184,14 +235,16 @@ def test_lowest_scored_with_every_candidate_protected():
 def test_h2o_mask_budgets_from_the_prompt():
     trace = rows_trace([ROWS], prompt_length=5)
     # heavy floor(0.4*5)=2, recent floor(0.2*5)=1 -> k=3, --budget ignored. Prompt rows in
-    # full, so nothing leaves before t=5; then acc over rows 0-4 = [1.5, 2.3, .56, .34, .3]
-    # keeps heavy {0, 1} + the newest 5.
+    # full; row 5 (> h + r) is masked: acc over rows 0-4 = [1.5, 2.3, .56, .34, .3], heavy =
+    # top 2 of keys 0..3 = {0, 1}, recent {5}; key 4 (L - r) is the one-row gap. A mask:
+    # evicted_at = the step after a key's last attended row.
     got = evictions("h2o-mask", trace, 0.9, heavy_prompt_ratio=0.4, recent_prompt_ratio=0.2)
     assert got == {2: 5, 3: 5, 4: 5}
     result = replay(
         trace, make_policy("h2o-mask", heavy_prompt_ratio=0.4, recent_prompt_ratio=0.2), 0.9
     )
-    assert result.budget == 3 and result.config.prompt_mode == "full"
+    assert result.budget == 3 and result.config.prompt_mode == "full" and result.kind == "mask"
+    assert result.kept_at(5)[0].tolist() == [True, True, False, False, False, True]
 
 
 def test_h2o_drop_absolute_sizes_compress_after_prefill():
@@ -204,9 +257,10 @@ def test_h2o_drop_absolute_sizes_compress_after_prefill():
 
 def test_h2o_flexgen_promotes_the_token_leaving_the_ring():
     trace = rows_trace([ROWS], prompt_length=3)
-    # k=4: 2 heavy + 2 recent. At t=4 FlexGen protects {2, 3, 4} (2 is being promoted) and
-    # evicts 0 (acc 1.4 < 1.9); h2o protects only {3, 4} and evicts 2 (acc .46).
-    assert evictions("h2o-flexgen", trace, 4) == {0: 4, 2: 5}
+    # hh_k = int(0.7 x 3) = 2 -> k=4: 2 heavy + 2 recent (--budget ignored). At t=4 FlexGen
+    # protects {2, 3, 4} (2 is being promoted) and evicts 0 (acc 1.4 < 1.9); h2o protects
+    # only {3, 4} and evicts 2 (acc .46).
+    assert evictions("h2o-flexgen", trace, 0.1, heavy_prompt_ratio=0.7) == {0: 4, 2: 5}
     assert evictions("h2o", trace, 4, config=ReplayConfig(prompt_mode="full")) == {2: 4, 3: 5}
 
 
@@ -222,10 +276,25 @@ GLOBAL_ROWS = [
 
 def test_h2o_global_sees_the_future():
     trace = rows_trace([GLOBAL_ROWS])
-    # column sums over all rows: [2.85, 2.9, .155, .055, .02, .02]; token 1 is heavy only
-    # later, which global statistics know at t=2 and h2o cannot (acc [1.9, 0.1] then).
-    assert evictions("h2o-global", trace, 2) == {0: 2, 2: 3, 3: 4, 4: 5}
+    # h = int(0.2 x 6) = 1, r = 1. Column sums over all rows: [2.85, 2.9, .155, .055, .02,
+    # .02] -> heavy {1}; row i attends {1} and the band {i-1, i}. Token 1 is heavy only
+    # later, which global statistics know at row 2 and h2o cannot (acc [1.9, 0.1] then).
+    result = replay(trace, make_policy("h2o-global", heavy_ratio=0.2, recent_ratio=0.2), 0.5)
+    rows = [np.flatnonzero(result.kept_at(t)[0]).tolist() for t in range(6)]
+    assert rows == [[0], [0, 1], [1, 2], [1, 2, 3], [1, 3, 4], [1, 4, 5]]
+    assert result.kind == "mask" and result.budget == 3 and not result.online
     assert evictions("h2o", trace, 2)[1] == 2
+
+
+def test_h2o_lmeval_tracker_known_answer():
+    trace = rows_trace([GLOBAL_ROWS])
+    # h = int(0.5 x 6) = 3, r = int(0.2 x 6) = 1. Rows 0-2 in full; tracker = rows 0-2
+    # summed = [2.7, .2, .1]. Row 3: top h-1 = 2 -> {0, 1} + itself; band {2, 3}. Tracker
+    # + row 3 -> [2.75, 1.1, -, .025] ({0, 1, 3} kept; key 2 zeroed, band or not). Row 4:
+    # top 2 {0, 1} + 4, band {3, 4}; tracker [2.8, 2.0, -, -, .01]. Row 5: {0, 1, 5} + {4}.
+    result = replay(trace, make_policy("h2o-lmeval", heavy_ratio=0.5, recent_ratio=0.2), 0.5)
+    rows = [np.flatnonzero(result.kept_at(t)[0]).tolist() for t in range(6)]
+    assert rows == [[0], [0, 1], [0, 1, 2], [0, 1, 2, 3], [0, 1, 3, 4], [0, 1, 4, 5]]
 
 
 def test_concave_variants_evict_like_h2o():

@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from h2osim.policies import Policy, ReplayContext, make_policy, policy_names
+from h2osim.policies import Policy, ReplayContext, make_policy, policy_class, policy_names
 from h2osim.schedule import (
     BUDGET_BASES,
     PROMPT_MODES,
@@ -56,7 +56,8 @@ from h2osim.schedule import (
 )
 from h2osim.trace import AGGREGATIONS, aggregate_heads
 
-LIVE_AGGREGATIONS = AGGREGATIONS  # per-head is replay-only: GQA heads share one K/V tensor
+# per-head is replay-only (GQA heads share one K/V tensor); layer: one kept set per layer
+LIVE_AGGREGATIONS = AGGREGATIONS + ("layer",)
 DEFAULT_PREFILL_CHUNK = 256  # prompt rows per forward pass: bounds the attention weights' memory
 DEFAULT_MAX_TOKENS = 2048
 SWEEP_POLICIES = ("h2o", "heavy", "window", "sink", "tova", "scissorhands", "lru", "lfu", "random")
@@ -70,6 +71,7 @@ class LiveConfig:
     prompt_mode: str = "stream"  # stream: evict from token k on; full: prompt first, in full
     prefill_chunk: int = DEFAULT_PREFILL_CHUNK  # shared rows per forward pass
     batch: int = 0  # most policies per forward pass (0: every policy sharing a budget)
+    compression_ratio: float | None = None  # prompt mode prefill: keep int(P (1 - ratio))
 
     def __post_init__(self) -> None:
         if self.aggregation == "per-head":
@@ -87,6 +89,14 @@ class LiveConfig:
             raise ValueError(f"--prefill-chunk must be >= 1, got {self.prefill_chunk}")
         if self.batch < 0:
             raise ValueError(f"--batch must be >= 0 (0 = all), got {self.batch}")
+        if self.compression_ratio is not None:
+            if self.prompt_mode != "prefill":
+                raise ValueError("--compression-ratio is for --prompt-mode prefill (the prompt "
+                                 "compressed once after prefill)")  # fmt: skip
+            if not 0 <= self.compression_ratio < 1:
+                raise ValueError(
+                    f"--compression-ratio must be in [0, 1), got {self.compression_ratio}"
+                )
 
 
 def observes(policy: Policy) -> bool:
@@ -94,13 +104,26 @@ def observes(policy: Policy) -> bool:
     return type(policy).observe is not Policy.observe
 
 
+def live_policy_names() -> list[str]:
+    """Policies that can run live: online cache policies (not ``full``, not masks)."""
+    return [name for name in policy_names(online=True)
+            if name != "full" and policy_class(name).kind == "cache"]  # fmt: skip
+
+
 def check_live_policy(policy: Policy) -> None:
-    """Refuse offline policies: a real cache cannot read rows from the future."""
+    """Refuse offline policies (a real cache cannot read rows from the future) and mask
+    policies (they re-admit keys a real cache would have dropped)."""
     if not policy.online:
-        online = ", ".join(name for name in policy_names(online=True) if name != "full")
+        online = ", ".join(live_policy_names())
         raise ValueError(
             f"policy {policy.name!r} is offline (it reads the whole trace, future included) and "
             f"cannot run live; replay it instead (python -m h2osim.replay). Live policies: {online}"
+        )
+    if policy.kind == "mask":
+        raise ValueError(
+            f"policy {policy.name!r} is a mask (it re-admits keys, as the official H2O masking "
+            "code does, so it needs the full cache) and cannot run as live eviction; replay it "
+            f"instead (python -m h2osim.replay). Live policies: {', '.join(live_policy_names())}"
         )
 
 
@@ -129,17 +152,24 @@ class LiveEviction:
         self.schedule = CacheSchedule(budget, prompt_length, config.prompt_mode)
         self.num_layers, self.num_heads, self.num_kv_heads = shape
         self.group = self.num_heads // self.num_kv_heads
-        self.units = self.num_layers * self.num_kv_heads
+        self.per_layer = config.aggregation == "layer"  # one unit (kept set) per layer
+        self.kv_per_unit = self.num_kv_heads if self.per_layer else 1
+        self.units = self.num_layers * self.num_kv_heads // self.kv_per_unit
         self.config = config
         self.device = device
-        self.unit_labels = tuple(
-            (layer, kv) for layer in range(self.num_layers) for kv in range(self.num_kv_heads)
-        )
-        for policy in self.policies:
+        self.cache = None  # the EvictingCache, set by run_group (knorm reads its keys)
+        if self.per_layer:
+            self.unit_labels = tuple((layer, -1) for layer in range(self.num_layers))
+        else:
+            self.unit_labels = tuple(
+                (layer, kv) for layer in range(self.num_layers) for kv in range(self.num_kv_heads)
+            )
+        for row, policy in enumerate(self.policies):
             check_live_policy(policy)
+            norms = (lambda t, row=row: self.key_norms(row, t)) if policy.needs_key_norms else None
             policy.reset(ReplayContext(units=self.units, n=n, budget=budget,
                                        prompt_length=prompt_length, unit_labels=self.unit_labels,
-                                       prompt_mode=config.prompt_mode))  # fmt: skip
+                                       prompt_mode=config.prompt_mode, key_norms=norms))  # fmt: skip
         rows = len(self.policies)
         self.kept = np.zeros((rows, self.units, n), dtype=bool)
         self.evicted_at = np.full((rows, self.units, n), -1, dtype=np.int32)
@@ -152,6 +182,11 @@ class LiveEviction:
     @property
     def rows(self) -> int:
         return len(self.policies)
+
+    def per_kv(self, array: np.ndarray) -> np.ndarray:
+        """``(rows, units, ...)`` -> ``(rows, layers x KV heads, ...)``: a layer unit's
+        bookkeeping repeated for each of its KV heads (they hold the same slots)."""
+        return np.repeat(array, self.kv_per_unit, axis=1) if self.per_layer else array
 
     def shared_prefix(self) -> int:
         """Rows [0, f) served before any eviction, identical for every policy."""
@@ -201,14 +236,33 @@ class LiveEviction:
         self.slot_positions = updated.reshape(self.rows, self.units, -1)
         return self._layer_plans(keep, overwrite=False)
 
+    def key_norms(self, row: int, t: int) -> np.ndarray:
+        """``(units, t+1)`` float64: L2 norms of the keys cached for batch row ``row``, read
+        from the cache (NaN at positions not cached; a layer unit: mean over its KV heads)."""
+        norms = np.full((self.units, t + 1), np.nan)
+        if self.cache is None or self.slot_positions.shape[-1] == 0:
+            return norms
+        per_layer = [layer.keys[row].float().norm(dim=-1).cpu().numpy()  # (KVH, slots)
+                     for layer in self.cache.layers]  # fmt: skip
+        stacked = np.stack(per_layer)  # (L, KVH, slots)
+        if self.per_layer:
+            stacked = stacked.mean(axis=1, keepdims=True)
+        stacked = stacked.reshape(self.units, -1)
+        slots = self.slot_positions[row]  # (units, slots)
+        norms[np.arange(self.units)[:, None], slots] = stacked[:, : slots.shape[-1]]
+        return norms
+
     def _layer_plans(self, slots: np.ndarray, overwrite: bool) -> list:
-        """``(rows, units, s)`` slots -> one :class:`SlotPlan` per layer, ``(rows, KVH, s)``."""
+        """``(rows, units, s)`` slots -> one :class:`SlotPlan` per layer, ``(rows, KVH, s)``
+        (a layer unit's plan is repeated for each of its KV heads)."""
         import torch
 
         from h2osim.model.live_cache import SlotPlan
 
         by_layer = torch.from_numpy(np.ascontiguousarray(slots)).to(self.device)
-        by_layer = by_layer.view(self.rows, self.num_layers, self.num_kv_heads, slots.shape[-1])
+        by_layer = by_layer.view(self.rows, self.num_layers, -1, slots.shape[-1])
+        if self.per_layer:
+            by_layer = by_layer.expand(-1, -1, self.num_kv_heads, -1).contiguous()
         if overwrite:
             return [SlotPlan(overwrite=by_layer[:, layer]) for layer in range(self.num_layers)]
         return [SlotPlan(keep=by_layer[:, layer]) for layer in range(self.num_layers)]
@@ -222,8 +276,10 @@ class LiveEviction:
         stacked = torch.stack(list(weights))  # (L, B, H, Q, S)
         layers, batch, _, queries, slots = stacked.shape
         grouped = stacked.float().cpu().numpy()  # (L, B, H, Q, S)
-        grouped = grouped.reshape(layers, batch, self.num_kv_heads, self.group, queries, slots)
-        combined = aggregate_heads(grouped, self.config.aggregation, axis=3)  # (L, B, KVH, Q, S)
+        kv_units = self.num_kv_heads // self.kv_per_unit  # layer units: all heads in one group
+        grouped = grouped.reshape(layers, batch, kv_units, -1, queries, slots)
+        rule = "mean" if self.per_layer else self.config.aggregation
+        combined = aggregate_heads(grouped, rule, axis=3)  # (L, B, units per layer, Q, S)
         return combined.transpose(1, 0, 2, 3, 4).reshape(batch, self.units, queries, slots)
 
     def observe_rows(self, t: int, served: np.ndarray | None) -> None:
@@ -311,6 +367,7 @@ def run_group(
     if controller.needs_weights:
         require_attention_weights(model)
     cache = EvictingCache.for_model(model)
+    controller.cache = cache
     rows = controller.rows
     known = min(n, len(known_ids))
     token_ids = np.zeros((rows, n), dtype=np.int64)
@@ -380,8 +437,10 @@ def run_group(
             if on_step is not None:
                 on_step(1)
         decode_seconds = time.perf_counter() - started
-    if max_held > budget and (config.prompt_mode == "stream" or shared < n):
-        raise RuntimeError(f"the cache held {max_held} slots per unit, over the budget {budget}")
+    limit = controller.schedule.held_limit(n)
+    if max_held > limit and (config.prompt_mode == "stream" or shared < n):
+        raise RuntimeError(f"the cache held {max_held} slots per unit, over the budget {budget} "
+                           f"(at most {limit} in prompt mode {config.prompt_mode})")  # fmt: skip
     return GroupRun(
         controller=controller, token_ids=token_ids, kv_bytes=cache.kv_bytes() // max(rows, 1),
         max_held=max_held, prefill_seconds=prefill_seconds, decode_seconds=decode_seconds,
@@ -424,12 +483,19 @@ class LiveResult:
 
 
 def summarize_teacher_forced(result: LiveResult, full_kv_bytes: int) -> dict[str, Any]:
-    """Perplexity, KL and top-1 agreement over all predictions and over the evicted ones
-    (rows served over a compressed cache: held < t+1)."""
+    """Perplexity, KL and top-1 agreement over the scored predictions and over the evicted
+    ones (rows served over a compressed cache: held < t+1). Scored: every row, or in
+    prompt mode ``prefill`` the continuation only, rows P..n-2 (kvpress's perplexity; the
+    prompt's own rows are the full cache's), with ``perplexity_all`` over every row."""
     steps = np.arange(result.n - 1)
     evicted = result.held_at[:-1] < steps + 1
     summary: dict[str, Any] = {}
-    for suffix, chosen in (("", np.ones_like(evicted)), ("_evicted", evicted)):
+    scored = np.ones_like(evicted)
+    if result.prompt_mode == "prefill":
+        scored = steps >= result.prompt_length
+        summary["perplexity_all"] = float(np.exp(-result.logprob.mean()))
+        summary["scored_rows"] = f"{result.prompt_length}..{result.n - 2}"
+    for suffix, chosen in (("", scored), ("_evicted", evicted)):
         if not chosen.any():
             summary |= {f"perplexity{suffix}": None, f"kl{suffix}": None, f"top1{suffix}": None}
             continue
@@ -476,14 +542,15 @@ def _groups(
     grouped: dict[tuple[int, str], list[Policy]] = {}
     for policy in policies:
         check_live_policy(policy)
-        schedule = CacheSchedule.for_policy(
-            policy, budget, n, prompt_length, budget_of=budget_of, prompt_mode=config.prompt_mode
-        )
+        schedule = CacheSchedule.for_policy(policy, budget, n, prompt_length, budget_of=budget_of,
+                                            prompt_mode=config.prompt_mode,
+                                            compression_ratio=config.compression_ratio)  # fmt: skip
         grouped.setdefault((min(schedule.budget, n), schedule.prompt_mode), []).append(policy)
     batches = []
     for (k, mode), members in grouped.items():
         size = config.batch or len(members)
-        own = LiveConfig(config.aggregation, mode, config.prefill_chunk, config.batch)
+        ratio = config.compression_ratio if mode == "prefill" else None
+        own = LiveConfig(config.aggregation, mode, config.prefill_chunk, config.batch, ratio)
         batches += [(k, own, members[i : i + size]) for i in range(0, len(members), size)]
     return batches
 
@@ -659,9 +726,9 @@ def check_prompt_needed(prompt_length: int, budget_of: str, config: LiveConfig,
     if budget_of not in BUDGET_BASES:
         raise ValueError(f"budget base must be one of {BUDGET_BASES}, got {budget_of!r}")
     reasons = ["--budget-of prompt"] if budget_of == "prompt" else []
-    if config.prompt_mode == "full":
-        reasons.append("--prompt-mode full")
-    forcing = [p.name for p in policies if p.prompt_mode == "full"]
+    if config.prompt_mode in ("full", "prefill"):
+        reasons.append(f"--prompt-mode {config.prompt_mode}")
+    forcing = [p.name for p in policies if p.prompt_mode in ("full", "prefill")]
     if forcing:
         reasons.append(f"{', '.join(forcing)} (attending the prompt in full)")
     if reasons and prompt_length == 0:

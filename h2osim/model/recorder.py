@@ -44,6 +44,7 @@ class Recording:
     prefill_seconds: float
     decode_seconds: float
     cache: Any = field(default=None, repr=False)  # the model's DynamicCache after the run
+    key_norms: dict[int, np.ndarray] | None = None  # layer -> (KVH, n) float32 L2 norms
 
     @property
     def n(self) -> int:
@@ -228,11 +229,15 @@ def record(
                     f"expected (1, KV heads, {n}, head_dim): not a full cache"
                 )
             values[layer] = stored[0].float().cpu().numpy()
+    key_norms = None
+    if capture:  # (KVH, n) per layer: tiny, and all that knorm needs
+        key_norms = {layer: cache.layers[layer].keys[0, :, :n].float().norm(dim=-1).cpu().numpy()
+                     for layer in chosen}  # fmt: skip
     return Recording(
         token_ids=token_ids, prompt_length=prompt_length, layers=chosen,
         attention=store.truncated(n) if store is not None else {}, values=values,
         stopped_at_eos=stopped, prefill_seconds=prefill_seconds, decode_seconds=decode_seconds,
-        cache=cache,
+        cache=cache, key_norms=key_norms,
     )  # fmt: skip
 
 
@@ -277,4 +282,5 @@ def to_trace(recording: Recording, tokenizer, info, metadata: dict[str, Any] | N
         recording.attention, head_map=info.head_map, token_ids=recording.token_ids,
         tokens=token_pieces(tokenizer, recording.token_ids), prompt_length=recording.prompt_length,
         layers=recording.layers, values=recording.values, metadata=full_metadata, validate=validate,
+        key_norms=recording.key_norms,
     )  # fmt: skip

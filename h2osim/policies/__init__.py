@@ -6,6 +6,7 @@ the app and the test matrix all read :data:`POLICIES` through :func:`policy_name
 
 from h2osim.policies.base import (
     POLICIES,
+    MaskPolicy,
     Policy,
     ReplayContext,
     ScorePolicy,
@@ -16,10 +17,12 @@ from h2osim.policies.base import (
     policy_class,
     policy_names,
     register,
+    top_scored,
 )
 
 __all__ = [
     "POLICIES",
+    "MaskPolicy",
     "Policy",
     "ReplayContext",
     "ScorePolicy",
@@ -30,4 +33,5 @@ __all__ = [
     "policy_class",
     "policy_names",
     "register",
+    "top_scored",
 ]

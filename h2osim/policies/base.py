@@ -14,6 +14,10 @@ Engine-wide rules every policy can rely on:
   ties in score are broken by evicting the oldest (lowest position) token first.
 - An online policy sees only rows already served (``observe``); it is never handed the
   trace. An offline policy (``online = False``) gets ``context.unit_matrix`` up front.
+- Two kinds (``kind``): a ``cache`` policy evicts permanently (``evict``); a ``mask``
+  policy (:class:`MaskPolicy`, the official H2O masking simulations) names the set each
+  row attends (``attend``) and may re-admit keys. The engine serves and measures both
+  the same way; only the oracle bounds differ (docs/fidelity.md).
 """
 
 from __future__ import annotations
@@ -46,6 +50,9 @@ class ReplayContext:
     # whatever the aggregation. Oracles maximising retained mass optimise these.
     unit_weights: Callable[[int], np.ndarray] | None = None
     prompt_mode: str = "stream"  # the replay's prompt mode, after any policy override
+    # Per-key L2 norms of the cached keys, ``(units, t+1)`` float64 at the current step
+    # (NaN where unknown); None when the trace or model provides none. Read by ``knorm``.
+    key_norms: Callable[[int], np.ndarray] | None = None
 
 
 class Policy:
@@ -61,6 +68,8 @@ class Policy:
     # A policy that reproduces a specific code path may force the prompt mode ("full":
     # prompt attended in full, eviction after prefill) whatever the replay asked for.
     prompt_mode: ClassVar[str | None] = None
+    kind: ClassVar[str] = "cache"  # "cache": permanent eviction; "mask": see MaskPolicy
+    needs_key_norms: ClassVar[bool] = False  # reads ``context.key_norms``
 
     def fixed_budget(self, n: int, prompt_length: int) -> int | None:
         """A budget the policy sets itself (e.g. from absolute sizes), or None to use the
@@ -94,6 +103,45 @@ class Policy:
         """``name(param=value, ...)`` for tables and plots."""
         values = ", ".join(f"{f.name}={getattr(self, f.name)}" for f in self.parameters())
         return f"{self.name}({values})" if values else self.name
+
+
+class MaskPolicy(Policy):
+    """A policy that chooses the whole attended set of every row (re-admission allowed).
+
+    The official H2O masking simulations are masks, not caches: at row t they attend a set
+    of keys computed from rows < t, and a key masked at one row may be attended at the
+    next. Subclasses implement :meth:`attend`; the engine serves row t over that set and
+    measures it exactly as it measures a cache. ``fixed_budget`` is the nominal size
+    shown in tables (the sets' real sizes are measured).
+    """
+
+    kind: ClassVar[str] = "mask"
+
+    def attend(self, t: int) -> np.ndarray:
+        """``(units, t+1)`` bool: the keys row t attends, decided from rows < t."""
+        raise NotImplementedError
+
+    def evict(self, t: int, kept: np.ndarray, count: int) -> np.ndarray:
+        raise RuntimeError(f"{self.name!r} is a mask policy: the engine asks attend(), not evict()")
+
+
+def top_scored(scores: np.ndarray, allowed: np.ndarray, count: int) -> np.ndarray:
+    """``(units, width)`` bool: the ``count`` highest-scored allowed keys of each unit.
+
+    Ties go to the newest key (the oldest loses: the engine's rule, and how the golden
+    outputs of the official code break ``torch.topk`` ties). Fewer allowed keys than
+    ``count``: all of them. Example: scores [[0.5, 0.1, 0.5, 0.9]], all allowed,
+    count=2 -> [[False, False, True, True]] (0.9, then the newer 0.5).
+    """
+    chosen = np.zeros(scores.shape, dtype=bool)
+    if count <= 0:
+        return chosen
+    positions = np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
+    masked = np.where(allowed, scores, -np.inf)
+    order = np.lexsort((-positions, -masked, ~allowed), axis=-1)[:, :count]  # best first
+    rows = np.arange(scores.shape[0])[:, None]
+    chosen[rows, order] = True
+    return chosen & allowed
 
 
 class ScorePolicy(Policy):

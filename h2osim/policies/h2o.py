@@ -65,7 +65,11 @@ class H2O(AccumulatedAttention):
     name = "h2o"
     summary = "heavy hitters (accumulated attention) + recent window"
     heavy_ratio: float = param(
-        0.5, "share of the budget for heavy hitters in h2o (rest: recent)", low=0.0, high=1.0
+        0.5,
+        "h2o and variants: share of the budget for heavy hitters (rest: recent); "
+        "h2o-global/h2o-lmeval: heavy budget as a fraction of n",
+        low=0.0,
+        high=1.0,
     )
 
     def recent_budget(self, budget: int) -> int:

@@ -1,16 +1,20 @@
-"""``h2o-global``: heavy hitters from global (non-causal) statistics - OFFLINE.
+"""``h2o-global``: heavy hitters from global (non-causal) statistics - OFFLINE, a mask.
 
-The official lm-eval-harness path for LLaMA (FMInference/H2O, ``h2o_hf/utils_lm_eval``,
-after an April 2024 change) runs one forward pass over the whole sequence and ranks
-tokens by the column sums of the full attention matrix: the attention each token
-receives from *all* rows, including rows that come after it. A real cache cannot know
-those rows, so this policy is declared offline: it reads the unit's whole attention
-matrix up front. Otherwise it is ``h2o``: heavy = floor(heavy_ratio k) by global score,
-recent = k - heavy.
+The official lm-eval-harness path for LLaMA since April 2024 (FMInference/H2O,
+``h2o_hf/utils_lm_eval/modify_llama.py``) runs one forward pass over the whole sequence
+of n tokens and builds one static mask per head from it:
 
-With fixed scores, greedy permanent eviction keeps exactly what the official static
-mask keeps (a token once out-ranked by h kept tokens stays out-ranked), so the
-comparison with ``h2o`` isolates the value of seeing the future.
+- budgets from n: heavy h = int(``heavy_ratio`` n), recent r = int(``recent_ratio`` n);
+  the replay's ``--budget`` is ignored;
+- heavy = the top-h keys by column sum of the full attention matrix - the attention each
+  key receives from *all* rows, rows after it included (a real cache cannot know them,
+  hence offline); one set for the whole sequence;
+- row i attends that set (keys <= i) plus the band of keys i-r..i, so rows 0..r are
+  attended in full and masking starts at row r+1; the per-row size varies.
+
+Rows are the full softmax rows (the unit's rows divided by their totals); ties: the
+oldest key loses. Under GQA the unit's aggregated rows are used (the official code has
+no GQA; ``--aggregation per-head`` is the official per-head rule).
 """
 
 from __future__ import annotations
@@ -19,34 +23,63 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from h2osim.policies.base import ReplayContext, ScorePolicy, param, recent_mask, register
+from h2osim.policies.base import MaskPolicy, ReplayContext, param, register, top_scored
 
 
-@register
-@dataclass
-class H2OGlobal(ScorePolicy):
-    """Score = column sum of the unit's full attention matrix (all rows, future included).
+def normalised_rows(matrix: np.ndarray) -> np.ndarray:
+    """``(n, n)`` float64 rows divided by their totals (what a softmax over all keys gives)."""
+    rows = np.asarray(matrix, dtype=np.float64)
+    total = rows.sum(axis=1, keepdims=True)
+    return rows / np.where(total > 0, total, 1.0)
 
-    Example: rows [[1], [0.5, 0.5], [0.1, 0.8, 0.1]] -> scores [1.6, 1.3, 0.1].
-    """
 
-    name = "h2o-global"
-    summary = "H2O with global column sums (lm-eval path; sees the future)"
+class WholeSequenceMask(MaskPolicy):
+    """An offline mask computed at reset from every unit's whole matrix (lm-eval paths)."""
+
     online = False
-    heavy_ratio: float = param(
-        0.5, "share of the budget for heavy hitters in h2o (rest: recent)", low=0.0, high=1.0
-    )
+
+    def sizes(self, n: int) -> tuple[int, int]:
+        """``(h, r)`` from the sequence length. Example: n=435, 0.1/0.1 -> (43, 43)."""
+        return int(self.heavy_ratio * n), int(self.recent_ratio * n)
+
+    def fixed_budget(self, n: int, prompt_length: int) -> int | None:
+        heavy, recent = self.sizes(n)
+        return max(1, heavy + recent + 1)
 
     def reset(self, context: ReplayContext) -> None:
         super().reset(context)
         if context.unit_matrix is None:
-            raise RuntimeError("h2o-global is offline and needs the unit matrices")
-        self.global_score = np.stack(
-            [context.unit_matrix(u).sum(axis=0) for u in range(context.units)]
-        )
-        self.recent = context.budget - int(self.heavy_ratio * context.budget)
+            raise RuntimeError(f"{self.name} is offline and needs the unit matrices")
+        n = context.n
+        heavy, recent = self.sizes(n)
+        rows = np.stack([normalised_rows(context.unit_matrix(u)) for u in range(context.units)])
+        band = np.tril(np.triu(np.ones((n, n), dtype=bool), k=-recent))  # keys i-r..i
+        self.masks = self.heavy_mask(rows, heavy) | band[None]  # (units, n, n)
 
-    def score(self, t: int, kept: np.ndarray) -> np.ndarray:
-        scores = self.global_score[:, : t + 1].copy()  # (units, t+1)
-        scores[:, recent_mask(t, self.recent)] = np.inf
-        return scores
+    def heavy_mask(self, rows: np.ndarray, heavy: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def attend(self, t: int) -> np.ndarray:
+        return self.masks[:, t, : t + 1]
+
+
+@register
+@dataclass
+class H2OGlobal(WholeSequenceMask):
+    """Example: n=10, ratios 0.2/0.1 -> the 2 keys with the largest column sums, plus keys
+    i-1 and i at row i."""
+
+    name = "h2o-global"
+    summary = "H2O lm-eval LLaMA path: static top column sums (sees the future) + recent band"
+    heavy_ratio: float = param(
+        0.1, "h2o-global/h2o-lmeval: heavy budget as a fraction of n", low=0.0, high=1.0
+    )
+    recent_ratio: float = param(
+        0.1, "h2o-global/h2o-lmeval: recent band as a fraction of n", low=0.0, high=1.0
+    )
+
+    def heavy_mask(self, rows: np.ndarray, heavy: int) -> np.ndarray:
+        units, n, _ = rows.shape
+        column_sums = rows.sum(axis=1)  # (units, n): all rows, future included
+        chosen = top_scored(column_sums, np.ones((units, n), dtype=bool), heavy)  # (units, n)
+        return np.tril(np.broadcast_to(chosen[:, None, :], (units, n, n)))
