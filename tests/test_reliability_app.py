@@ -27,6 +27,7 @@ def app(tmp_path, monkeypatch) -> AppTest:
     monkeypatch.setenv("H2OSIM_TRACE_DIR", str(tmp_path))
     app = AppTest.from_file(MAIN, default_timeout=60)
     app.run()
+    app.switch_page("views/trace_explorer.py").run()  # the first page (by hand) has no upload
     assert not app.exception
     return app
 
