@@ -171,6 +171,18 @@ def _augment_all(future, slots, grid, v, col4row, row4col, warm):  # pragma: no 
 _compiled = None
 
 
+def tie_rich(weights: np.ndarray, rows: int = 32, share: float = 0.25) -> bool:
+    """True when the last ``rows`` rows of ``weights`` hold fewer than ``share`` x their
+    length distinct values - quantized attention (1024 levels) - where scipy's search is
+    already fast. Example: rows of multiples of 1/8 over 400 tokens -> True."""
+    n = len(weights)
+    if n < 256:
+        return False
+    last = weights[n - rows :]
+    distinct = [len(np.unique(row[: n - rows + i + 1])) for i, row in enumerate(last)]
+    return float(np.mean(distinct)) < share * (n - rows / 2)
+
+
 def _kernel():
     global _compiled
     if _compiled is None:

@@ -167,12 +167,15 @@ def solve_fast(weights: np.ndarray, counts: np.ndarray) -> Schedule:
     """The optimum by :func:`h2osim.fastopt.assign_slots`: the same assignment as
     :func:`solve_assignment`, solved by cost-scaled shortest augmenting paths over ``F``
     read in place (several times faster on continuous attention at n >= 2048; see
-    docs/long-context.md). Same example: W = [[1, 0, 0], [0.5, 0.5, 0], [0.9, 0, 0.1]],
+    docs/long-context.md). Rows with many tied values (the quantized encoding) go to
+    :func:`solve_assignment`, which ties already make fast. Same example: W = [[1, 0, 0], [0.5, 0.5, 0], [0.9, 0, 0.1]],
     counts [0, 0, 1] -> evict token 1 at step 2 (it loses 0), retained 3.0.
     """
-    from h2osim.fastopt import assign_slots
+    from h2osim.fastopt import assign_slots, tie_rich
 
     weights = _check_weights(weights, counts)
+    if tie_rich(weights):  # quantized rows: ties end scipy's searches early, it is faster
+        return solve_assignment(weights, counts)
     n = len(counts)
     evicted_at = np.full(n, -1, dtype=np.int64)
     slots = _slots(counts)

@@ -126,3 +126,16 @@ def test_the_cross_check_catches_a_solver_that_stops_at_a_coarse_grid():
     coarse = assign_slots(oracles.future_mass(weights), slots, levels=1, delta=0.05, exact=False)
     best = oracles.solve_assignment(weights, counts).retained
     assert weights.sum() - cost(weights, counts, coarse) < best - 1e-6
+
+
+def test_tie_rich_rows_go_to_linear_sum_assignment():
+    from h2osim.fastopt import tie_rich
+
+    grid = np.tril(np.random.default_rng(0).integers(1, 8, (400, 400)) / 8.0)
+    assert tie_rich(grid) and not tie_rich(synthetic_head(400, seed=2))
+    assert tie_rich(quantized(synthetic_head(400, seed=2), 1024))
+    assert not tie_rich(grid[:100, :100])  # short problems always take the fast solver
+    weights = grid / grid.sum(axis=1, keepdims=True)
+    counts = oracles.eviction_counts(400, 80, 400)
+    fast = oracles.solve_fast(weights, counts)
+    assert fast.retained == pytest.approx(oracles.solve_assignment(weights, counts).retained)
