@@ -11,11 +11,11 @@ equally short. Given the optimal duals the same search finds every row's path at
 (measured: 0.06 s instead of 8.5 s at n = 2048), so this module buys good duals cheaply:
 
 1. **Cost scaling.** Solve the problem with costs rounded to a coarse grid ``delta``
-   (many exact ties, so augmenting paths are short), keep the column duals, shrink the
-   grid by ``factor`` and solve again warm-started from them, down to the exact float64
-   costs. Each level's assignment is recomputed from scratch, only the duals carry over,
-   so the last level is an exact solve of the true costs: warm duals change how long it
-   takes, never what it returns.
+   (many exact ties, so augmenting paths are short), keep the column duals and every
+   slot whose token is still (one of) its cheapest under the finer costs, shrink the grid
+   by ``factor`` and augment the other slots, down to the exact float64 costs. Each level
+   ends in an optimal assignment of its own costs, so the last level is an exact solve of
+   the true costs: warm starts change how long it takes, never what it returns.
 2. **The structure.** ``F`` is read in place (no ``(slots, tokens)`` copy): slot i's row
    is ``F[slots[i]]`` and its admissible tokens are the prefix ``j < slots[i]`` (token j
    is available to every step after j), so each row scan stops at ``slots[i]``.
@@ -23,7 +23,8 @@ equally short. Given the optimal duals the same search finds every row's path at
    dummy slots of cost 0, so every token is matched and column duals may start
    anywhere (warm starts are sound); dummy rows are never stored.
 
-Simplifications: one unit at a time; exact to float64 rounding of ``F`` (the result is
+On quantized rows (few distinct values: :func:`tie_rich`) scipy's search is already fast
+and :func:`h2osim.oracles.solve_fast` calls it instead. Simplifications: one unit at a time; exact to float64 rounding of ``F`` (the result is
 checked against :func:`h2osim.oracles.solve_assignment`, the LPs and brute force in
 tests/test_fastopt.py). Compiled with numba (``cache=True``: the first call in a fresh
 environment compiles for a few seconds).
