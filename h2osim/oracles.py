@@ -163,6 +163,27 @@ def solve_assignment(weights: np.ndarray, counts: np.ndarray) -> Schedule:
     return _schedule(weights, evicted_at, counts)
 
 
+def solve_fast(weights: np.ndarray, counts: np.ndarray) -> Schedule:
+    """The optimum by :func:`h2osim.fastopt.assign_slots`: the same assignment as
+    :func:`solve_assignment`, solved by cost-scaled shortest augmenting paths over ``F``
+    read in place (several times faster on continuous attention at n >= 2048; see
+    docs/long-context.md). Rows with many tied values (the quantized encoding) go to
+    :func:`solve_assignment`, which ties already make fast. Same example: W = [[1, 0, 0], [0.5, 0.5, 0], [0.9, 0, 0.1]],
+    counts [0, 0, 1] -> evict token 1 at step 2 (it loses 0), retained 3.0.
+    """
+    from h2osim.fastopt import assign_slots, tie_rich
+
+    weights = _check_weights(weights, counts)
+    if tie_rich(weights):  # quantized rows: ties end scipy's searches early, it is faster
+        return solve_assignment(weights, counts)
+    n = len(counts)
+    evicted_at = np.full(n, -1, dtype=np.int64)
+    slots = _slots(counts)
+    if len(slots):
+        evicted_at[assign_slots(future_mass(weights), slots)] = slots
+    return _schedule(weights, evicted_at, counts)
+
+
 def solve_lp(weights: np.ndarray, counts: np.ndarray) -> Schedule:
     """The optimum of the occupancy LP, solved by HiGHS (scipy ``linprog``).
 
@@ -489,6 +510,7 @@ class ScheduledPolicy(Policy):
 Solver = Callable[[np.ndarray, np.ndarray], Schedule]
 SOLVERS: dict[str, Solver] = {
     "assignment": solve_assignment,
+    "fast": solve_fast,
     "lp": solve_lp,
     "transport-lp": solve_transport_lp,
     "flow": solve_min_cost_flow,

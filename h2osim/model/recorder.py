@@ -16,6 +16,7 @@ the same tokens within 1e-5 in float32; the stored values are the cache's own te
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import sys
 import time
@@ -63,49 +64,91 @@ class _RowStore:
         self.num_heads = num_heads
         self.packed = {layer: np.zeros((num_heads, packed_size(n_max)), dtype=dtype)
                        for layer in self.layers}  # fmt: skip
+        self.torch_dtype = _torch_dtype(dtype)
+        self._index_key: Any = None
+        self._index: Any = None
+        self.window = (0, 0)  # rows of the forward pass running now (set by record)
+
+    def hook(self, layer: int):
+        """A forward hook for layer ``layer``'s attention module: stores its weights
+        (output ``[1]``) as the module returns them, so no layer's attention outlives its
+        own forward and only the chosen layers' are ever copied."""
+
+        def store(module, args, output) -> None:
+            weights = output[1] if isinstance(output, (tuple, list)) and len(output) > 1 else None
+            self.add_layer(layer, weights, *self.window)
+
+        return store
 
     def add_block(self, attentions, start: int, stop: int) -> None:
         """Rows ``start..stop-1`` from one forward pass: ``attentions[l]`` is (1, H, stop-start, stop)."""
-        import torch
-
         if attentions is None:
             raise _no_weights("the forward pass returned no attentions")
-        begin, end = row_start(start), row_start(stop)
-        chosen = []
         for layer in self.layers:
             weights = attentions[layer] if layer < len(attentions) else None
-            if weights is None:
-                raise _no_weights(f"layer {layer} returned no attention weights")
-            want = (1, self.num_heads, stop - start, stop)
-            if tuple(weights.shape) != want:
-                raise ValueError(
-                    f"layer {layer} returned attention of shape {tuple(weights.shape)} at rows "
-                    f"{start}..{stop - 1}, expected {want}: a sliding-window or otherwise "
-                    "limited cache cannot be traced; choose full-attention layers with --layers"
-                )
-            chosen.append(weights)
-        if stop - start == 1:  # one decode row per layer: one stacked copy (one GPU sync)
-            decode_rows = torch.stack([w[0, :, 0] for w in chosen]).float().cpu().numpy()
-            for layer, layer_rows in zip(self.layers, decode_rows, strict=True):
-                self.packed[layer][:, begin:end] = layer_rows  # (H, t+1)
+            self.add_layer(layer, weights, start, stop)
+
+    def add_layer(self, layer: int, weights, start: int, stop: int) -> None:
+        """One layer's rows ``start..stop-1``, ``weights`` (1, H, stop-start, stop) on any
+        device: gathered there (only the lower triangle), then copied off it."""
+        import torch
+
+        if weights is None:
+            raise _no_weights(f"layer {layer} returned no attention weights")
+        want = (1, self.num_heads, stop - start, stop)
+        if tuple(weights.shape) != want:
+            raise ValueError(
+                f"layer {layer} returned attention of shape {tuple(weights.shape)} at rows "
+                f"{start}..{stop - 1}, expected {want}: a sliding-window or otherwise "
+                "limited cache cannot be traced; choose full-attention layers with --layers"
+            )
+        begin, end = row_start(start), row_start(stop)
+        if stop - start == 1:  # one decode row
+            self.packed[layer][:, begin:end] = weights[0, :, 0].float().cpu().numpy()  # (H, t+1)
             return
-        lengths = np.arange(start + 1, stop + 1)  # row t holds t+1 entries
-        block_rows = np.repeat(np.arange(stop - start), lengths)
-        block_cols = np.arange(end - begin) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        index_cache: dict[Any, tuple[Any, Any]] = {}  # device -> (rows, cols) of the block
-        for layer, weights in zip(self.layers, chosen, strict=True):
-            if weights.device not in index_cache:
-                index_cache[weights.device] = (
-                    torch.as_tensor(block_rows, device=weights.device),
-                    torch.as_tensor(block_cols, device=weights.device),
-                )
-            rows, cols = index_cache[weights.device]
-            gathered = weights[0][:, rows, cols]  # (H, entries of rows start..stop-1)
-            self.packed[layer][:, begin:end] = gathered.float().cpu().numpy()
+        key = (start, stop, weights.device)
+        if self._index_key != key:  # the same block's indices serve every layer
+            lengths = np.arange(start + 1, stop + 1)  # row t holds t+1 entries
+            block_rows = np.repeat(np.arange(stop - start), lengths)
+            block_cols = np.arange(end - begin) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+            self._index = (torch.as_tensor(block_rows, device=weights.device),
+                           torch.as_tensor(block_cols, device=weights.device))  # fmt: skip
+            self._index_key = key
+        rows, cols = self._index
+        gathered = weights[0][:, rows, cols]  # (H, entries of rows start..stop-1)
+        self.packed[layer][:, begin:end] = gathered.to(self.torch_dtype).cpu().numpy()
 
     def truncated(self, n: int) -> dict[int, np.ndarray]:
         """The packed arrays for the first n rows (rows are stored in order, so a prefix)."""
         return {layer: packed[:, : packed_size(n)] for layer, packed in self.packed.items()}
+
+
+def _torch_dtype(dtype):
+    import torch
+
+    return torch.float16 if np.dtype(dtype) == np.float16 else torch.float32
+
+
+def attention_modules(model, num_layers: int) -> list | None:
+    """The model's per-layer attention modules in layer order, found the way transformers
+    records ``output_attentions`` (``_can_record_outputs["attentions"]``: a module class,
+    or an OutputRecorder with a class, a name suffix and the output index 1), or None
+    when that does not give exactly one module per layer (then the recorder falls back
+    to ``output_attentions=True``)."""
+    spec = None
+    for module in model.modules():
+        spec = (getattr(module, "_can_record_outputs", None) or {}).get("attentions")
+        if spec is not None:
+            break
+    if spec is None:
+        return None
+    target = getattr(spec, "target_class", spec)
+    suffix = getattr(spec, "layer_name", None)
+    if not isinstance(target, type) or getattr(spec, "index", 1) != 1:
+        return None
+    found = [module for name, module in model.named_modules()
+             if isinstance(module, target) and (suffix is None or name.endswith(suffix))]  # fmt: skip
+    return found if len(found) == num_layers else None
 
 
 def _no_weights(what: str) -> Exception:
@@ -171,6 +214,10 @@ def record(
     prompt_length = len(prompt)
     n_max = prompt_length + max_new_tokens
     store = _RowStore(chosen, num_heads, n_max, attention_dtype) if capture else None
+    modules = attention_modules(model, num_layers) if capture else None
+    hooks = ([modules[layer].register_forward_hook(store.hook(layer)) for layer in chosen]
+             if modules is not None and store is not None else [])  # fmt: skip
+    whole = capture and not hooks  # no hooks: the model returns every layer's attention
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     stops = {int(token) for token in stop_token_ids}
     cache = DynamicCache(config=model.config)
@@ -178,15 +225,17 @@ def record(
     stopped = False
     bar = tqdm(total=n_max, unit="tok", desc="tracing", disable=not progress, file=sys.stderr,
                dynamic_ncols=True)  # fmt: skip
-    with torch.inference_mode(), bar:
+    with torch.inference_mode(), bar, _removing(hooks):
         started = time.perf_counter()
         chunk = prefill_chunk or prompt_length
         for start in range(0, prompt_length, chunk):
             stop = min(prompt_length, start + chunk)
             ids = torch.tensor([prompt[start:stop]], device=device)
-            output = model(ids, cache=cache, use_cache=True, output_attentions=capture,
-                           logits_to_keep=1)  # fmt: skip
             if store is not None:
+                store.window = (start, stop)
+            output = model(ids, cache=cache, use_cache=True, output_attentions=whole,
+                           logits_to_keep=1)  # fmt: skip
+            if whole and store is not None:
                 store.add_block(output.attentions, start, stop)
             bar.update(stop - start)
         prefill_seconds = time.perf_counter() - started
@@ -205,8 +254,10 @@ def record(
             token_ids.append(token)
             t = len(token_ids) - 1
             ids = torch.tensor([[token]], device=device)
-            output = model(ids, cache=cache, use_cache=True, output_attentions=capture)
             if store is not None:
+                store.window = (t, t + 1)
+            output = model(ids, cache=cache, use_cache=True, output_attentions=whole)
+            if whole and store is not None:
                 store.add_block(output.attentions, t, t + 1)
             logits = output.logits[0, -1]
             bar.update(1)
@@ -239,6 +290,15 @@ def record(
         stopped_at_eos=stopped, prefill_seconds=prefill_seconds, decode_seconds=decode_seconds,
         cache=cache, key_norms=key_norms,
     )  # fmt: skip
+
+
+@contextlib.contextmanager
+def _removing(hooks):
+    try:
+        yield
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
 def stop_tokens(model, tokenizer) -> list[int]:

@@ -5,7 +5,9 @@ eviction schedule that maximises the total retained mass of the replay it is in 
 same budget, the same prompt mode (several evictions at once after a fully attended
 prompt), the same rule that the newest token stays - by the assignment formulation in
 :mod:`h2osim.oracles`: OPT = total mass - min-cost assignment of eviction slots to
-distinct older tokens, solved by ``scipy.optimize.linear_sum_assignment``. It returns
+distinct older tokens, solved by :func:`h2osim.oracles.solve_fast` (cost-scaled shortest
+augmenting paths, :mod:`h2osim.fastopt`; ``solve_assignment``, scipy's
+``linear_sum_assignment``, is its cross-check in the tests). It returns
 the schedule (which token leaves at which step), not only the value; the engine replays
 it like any policy. Its weights are the engine's own metric weights, so for every
 aggregation (sum, mean, max, per-head) no policy replayed at the same budget and prompt
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from h2osim.oracles import Schedule, ScheduledPolicy, solve_assignment
+from h2osim.oracles import Schedule, ScheduledPolicy, solve_fast
 from h2osim.policies.base import register
 
 
@@ -36,4 +38,4 @@ class Opt(ScheduledPolicy):
     summary = "offline optimum of retained mass (exact, assignment)"
 
     def plan(self, weights: np.ndarray, counts: np.ndarray) -> Schedule:
-        return solve_assignment(weights, counts)
+        return solve_fast(weights, counts)
