@@ -21,7 +21,6 @@ is replayed on demand (and then kept by Streamlit's cache).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -38,6 +37,7 @@ for folder in (REPO_ROOT, REPO_ROOT / "app"):  # run as a script from anywhere
 import h2osim  # noqa: E402
 from h2osim.files import write_json  # noqa: E402
 from h2osim.grid import Grid, PolicySpec, RunConfig, trace_ref  # noqa: E402
+from h2osim.grid import file_hash as file_sha256  # noqa: E402  (one definition)
 from h2osim.policies import make_policy, policy_names  # noqa: E402
 from h2osim.store import ResultStore, record_of  # noqa: E402
 from h2osim.sweep import ensure  # noqa: E402
@@ -52,14 +52,6 @@ DEFAULT_OPTIONS = ("sum", "stream", "renormalized")
 def store_folder() -> Path:
     """``$H2OSIM_APP_CACHE`` or ``.cache/app-race`` in the repository (git-ignored)."""
     return Path(os.environ.get("H2OSIM_APP_CACHE", REPO_ROOT / ".cache" / "app-race"))
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def store_path(sha256: str) -> Path:
