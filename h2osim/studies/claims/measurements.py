@@ -284,7 +284,12 @@ def measure_paths(name: str, trace: Trace, run: Run) -> None:
         "h2o (prompt in full)": (make_policy("h2o"), full),
         "h2o-mask": (make_policy("h2o-mask", **params), full),
         "h2o-drop": (make_policy("h2o-drop", **params), full),
-        "h2o-flexgen": (make_policy("h2o-flexgen"), full),
+        # FlexGen sizes its cache itself, k = 2 int(ratio P): the mask's heavy ratio gives
+        # hh_k = floor(k/2), so it holds k (even k) or k - 1 tokens, the same heavy/recent split
+        "h2o-flexgen": (
+            make_policy("h2o-flexgen", heavy_prompt_ratio=params["heavy_prompt_ratio"]),
+            full,
+        ),
         "h2o-global": (make_policy("h2o-global"), full),
     }
     evictions = {}
@@ -292,7 +297,7 @@ def measure_paths(name: str, trace: Trace, run: Run) -> None:
         result = replay(trace, policy, budget, config=run_config)
         evictions[label] = result.evicted_at
         measured.paths.append({"trace": name, "label": label, **result.record(),
-                               "parameters": params if label in ("h2o-mask", "h2o-drop") else None})  # fmt: skip
+                               "parameters": params if label in ("h2o-mask", "h2o-drop", "h2o-flexgen") else None})  # fmt: skip
         progress.step(2 if label == "h2o-global" else 1, f"{name} {label}")
     same = all(np.array_equal(evictions[label], evictions["h2o (prompt in full)"])
                for label in ("h2o-mask", "h2o-drop"))  # fmt: skip
