@@ -40,6 +40,7 @@ from h2osim.schedule import (
     CacheSchedule,
     ask_mask,
     ask_policy,
+    check_compression,
     departures,
     kept_at,
     read_only,
@@ -74,14 +75,7 @@ class ReplayConfig:
                                      (self.observation, OBSERVATIONS, "observation")):  # fmt: skip
             if value not in choices:
                 raise ValueError(f"{what} must be one of {choices}, got {value!r}")
-        if self.compression_ratio is not None:
-            if self.prompt_mode != "prefill":
-                raise ValueError("--compression-ratio is for --prompt-mode prefill (the prompt "
-                                 "compressed once after prefill)")  # fmt: skip
-            if not 0 <= self.compression_ratio < 1:
-                raise ValueError(
-                    f"--compression-ratio must be in [0, 1), got {self.compression_ratio}"
-                )
+        check_compression(self.prompt_mode, self.compression_ratio)
 
     def layout(self, trace: Trace) -> UnitLayout:
         """The trace's cache units under this configuration."""

@@ -68,6 +68,18 @@ def resolve_budget(
     return int(value)
 
 
+def check_compression(prompt_mode: str, compression_ratio: float | None) -> None:
+    """A compression ratio belongs to prompt mode ``prefill`` and lies in [0, 1) (replay's
+    and live eviction's configurations both check it here)."""
+    if compression_ratio is None:
+        return
+    if prompt_mode != "prefill":
+        raise ValueError("--compression-ratio is for --prompt-mode prefill (the prompt "
+                         "compressed once after prefill)")  # fmt: skip
+    if not 0 <= compression_ratio < 1:
+        raise ValueError(f"--compression-ratio must be in [0, 1), got {compression_ratio}")
+
+
 def compressed_size(prompt_length: int, compression_ratio: float) -> int:
     """Prompt tokens kept by prefill compression, counted as kvpress counts them:
     ``max(1, int(P (1 - cr)))``. Examples: P=384, cr=0.5 -> 192; cr=0.8 -> 76 (float
@@ -116,9 +128,7 @@ class CacheSchedule:
         :func:`compressed_size` of the prompt and ``budget`` is ignored."""
         mode = policy.prompt_mode or prompt_mode
         fixed = policy.fixed_budget(n, prompt_length)
-        if compression_ratio is not None and prompt_mode != "prefill":
-            raise ValueError("--compression-ratio is for --prompt-mode prefill (the prompt "
-                             "compressed once after prefill)")  # fmt: skip
+        check_compression(prompt_mode, compression_ratio)
         if fixed is not None:
             k = fixed
         elif compression_ratio is not None and mode == "prefill":

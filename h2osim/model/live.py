@@ -51,6 +51,7 @@ from h2osim.schedule import (
     PROMPT_MODES,
     CacheSchedule,
     ask_policy,
+    check_compression,
     kept_at,
     read_only,
 )
@@ -89,14 +90,7 @@ class LiveConfig:
             raise ValueError(f"--prefill-chunk must be >= 1, got {self.prefill_chunk}")
         if self.batch < 0:
             raise ValueError(f"--batch must be >= 0 (0 = all), got {self.batch}")
-        if self.compression_ratio is not None:
-            if self.prompt_mode != "prefill":
-                raise ValueError("--compression-ratio is for --prompt-mode prefill (the prompt "
-                                 "compressed once after prefill)")  # fmt: skip
-            if not 0 <= self.compression_ratio < 1:
-                raise ValueError(
-                    f"--compression-ratio must be in [0, 1), got {self.compression_ratio}"
-                )
+        check_compression(self.prompt_mode, self.compression_ratio)
 
 
 def observes(policy: Policy) -> bool:
