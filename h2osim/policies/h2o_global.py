@@ -33,10 +33,18 @@ def normalised_rows(matrix: np.ndarray) -> np.ndarray:
     return rows / np.where(total > 0, total, 1.0)
 
 
+@dataclass
 class WholeSequenceMask(MaskPolicy):
-    """An offline mask computed at reset from every unit's whole matrix (lm-eval paths)."""
+    """An offline mask computed at reset from every unit's whole matrix (lm-eval paths);
+    both paths size it from the sequence length n with the same two ratios."""
 
     online = False
+    heavy_ratio: float = param(
+        0.1, "h2o-global/h2o-lmeval: heavy budget as a fraction of n", low=0.0, high=1.0
+    )
+    recent_ratio: float = param(
+        0.1, "h2o-global/h2o-lmeval: recent band as a fraction of n", low=0.0, high=1.0
+    )
 
     def sizes(self, n: int) -> tuple[int, int]:
         """``(h, r)`` from the sequence length. Example: n=435, 0.1/0.1 -> (43, 43)."""
@@ -71,12 +79,6 @@ class H2OGlobal(WholeSequenceMask):
 
     name = "h2o-global"
     summary = "H2O lm-eval LLaMA path: static top column sums (sees the future) + recent band"
-    heavy_ratio: float = param(
-        0.1, "h2o-global/h2o-lmeval: heavy budget as a fraction of n", low=0.0, high=1.0
-    )
-    recent_ratio: float = param(
-        0.1, "h2o-global/h2o-lmeval: recent band as a fraction of n", low=0.0, high=1.0
-    )
 
     def heavy_mask(self, rows: np.ndarray, heavy: int) -> np.ndarray:
         units, n, _ = rows.shape

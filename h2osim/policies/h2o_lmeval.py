@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from h2osim.policies.base import param, register, top_scored
+from h2osim.policies.base import register, top_scored
 from h2osim.policies.h2o_global import WholeSequenceMask
 
 
@@ -37,12 +37,6 @@ class H2OLmEval(WholeSequenceMask):
 
     name = "h2o-lmeval"
     summary = "H2O lm-eval OPT/NeoX path: local_heavy_hitter_mask (tracker of h keys) + band"
-    heavy_ratio: float = param(
-        0.1, "h2o-global/h2o-lmeval: heavy budget as a fraction of n", low=0.0, high=1.0
-    )
-    recent_ratio: float = param(
-        0.1, "h2o-global/h2o-lmeval: recent band as a fraction of n", low=0.0, high=1.0
-    )
 
     def heavy_mask(self, rows: np.ndarray, heavy: int) -> np.ndarray:
         units, n, _ = rows.shape

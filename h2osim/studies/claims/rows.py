@@ -50,6 +50,8 @@ from h2osim.studies.claims.base import (
 )
 from h2osim.studies.claims.measurements import (
     LIVE_POLICIES,
+    ONLINE_PATHS,
+    PATH_LABELS,
     TRACE_FILES,
     Measurements,
     geomean,
@@ -670,8 +672,6 @@ register(Claim(
 # ======================================================================= 11. the official code paths
 PATHS_SPREAD_HOLDS = 0.01  # online code paths within 0.01 decode-row mass of each other
 PATHS_SPREAD_PARTLY = 0.03
-PATH_LABELS = ("h2o", "h2o-mask", "h2o-drop", "h2o-flexgen", "h2o-global", "h2o (prompt in full)")
-ONLINE_PATHS = ("h2o", "h2o-mask", "h2o-drop", "h2o-flexgen")
 
 
 def numbers_paths(measured: Measurements) -> dict[str, Any]:
