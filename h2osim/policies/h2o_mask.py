@@ -29,10 +29,19 @@ import numpy as np
 from h2osim.policies.base import MaskPolicy, ReplayContext, param, register, top_scored
 
 
+@dataclass
 class MaskingSimulation(MaskPolicy):
-    """The masking simulation of ``utils_hh``; ``gap`` chooses HEAD (True) or paper-era."""
+    """The masking simulation of ``utils_hh``; ``gap`` chooses HEAD (True) or paper-era.
+    Both versions take the same two parameters, declared here once."""
 
     gap = True  # HEAD: key L-r is masked for one row; paper-era (no clone()): attended
+    heavy_prompt_ratio: float = param(
+        0.1, "h2o-mask/-2023/-flexgen: heavy budget as a fraction of the prompt length",
+        low=0.0, high=1.0,
+    )  # fmt: skip
+    recent_prompt_ratio: float = param(
+        0.1, "h2o-mask/-2023: recent budget as a fraction of the prompt length", low=0.0, high=1.0
+    )
 
     def fixed_budget(self, n: int, prompt_length: int) -> int | None:
         heavy, recent = self.sizes(prompt_length)
@@ -94,10 +103,3 @@ class H2OMask(MaskingSimulation):
     name = "h2o-mask"
     summary = "H2O masking simulation (utils_hh, HEAD): mask from the prompt's budgets, gap key"
     prompt_mode = "full"
-    heavy_prompt_ratio: float = param(
-        0.1, "h2o-mask/-2023/-flexgen: heavy budget as a fraction of the prompt length",
-        low=0.0, high=1.0,
-    )  # fmt: skip
-    recent_prompt_ratio: float = param(
-        0.1, "h2o-mask/-2023: recent budget as a fraction of the prompt length", low=0.0, high=1.0
-    )

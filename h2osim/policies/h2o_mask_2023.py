@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from h2osim.policies.base import param, register
+from h2osim.policies.base import register
 from h2osim.policies.h2o_mask import MaskingSimulation
 
 
@@ -27,10 +27,3 @@ class H2OMask2023(MaskingSimulation):
     summary = "H2O masking simulation as of the paper (utils_hh, 61e8089): h + r + 1 keys"
     prompt_mode = "full"
     gap = False
-    heavy_prompt_ratio: float = param(
-        0.1, "h2o-mask/-2023/-flexgen: heavy budget as a fraction of the prompt length",
-        low=0.0, high=1.0,
-    )  # fmt: skip
-    recent_prompt_ratio: float = param(
-        0.1, "h2o-mask/-2023: recent budget as a fraction of the prompt length", low=0.0, high=1.0
-    )
