@@ -59,11 +59,12 @@ from typing import Any
 
 import numpy as np
 
-from h2osim.engine import ReplayConfig, ReplayResult, replay
-from h2osim.policies import Policy, make_policy
+from h2osim.engine import ReplayConfig, ReplayResult
+from h2osim.policies import Policy
 from h2osim.trace import Trace
 from theory.bounds import ONE_MINUS_INV_E
 from theory.functions import concave, concave_slope
+from theory.report import replay_setup, seen_row
 
 PER_STEP = (
     "value",
@@ -355,23 +356,14 @@ def paper_chain(
     ``kept_labels``: the (layer, kv_head) of each row of ``kept_at(t)`` when they are not
     ``config``'s units (a live run holds every layer; a trace stores some).
     ``weights``: the units' ``(n, n)`` metric weights if already computed (``layout.weights``)."""
-    name = policy if isinstance(policy, str) else policy.name
+    given = None  # a trajectory's k: its largest final held set (at least 1)
     if kept_at is not None:
-        config = config or ReplayConfig()
-        k = max(int(np.asarray(kept_at(trace.n - 1)).sum(axis=1).max()), 1)
-    else:
-        policy = make_policy(policy) if isinstance(policy, str) else policy
-        if result is None:
-            if not policy.online:
-                raise ValueError(
-                    f"policy {policy.name!r} is offline; the chain is about online eviction"
-                )
-            result = replay(trace, policy, budget, budget_of=budget_of, config=config)
-        config, kept_at, k, name = result.config, result.kept_at, result.budget, policy.name
-    layout = config.layout(trace)
+        given = (kept_at, max(int(np.asarray(kept_at(trace.n - 1)).sum(axis=1).max()), 1))
+    setup = replay_setup(trace, policy, budget, budget_of=budget_of, config=config,
+                         about="the chain is about online eviction", given=given, result=result,
+                         weights=weights)  # fmt: skip
+    config, kept_at, weights, layout = setup.config, setup.kept_at, setup.weights, setup.layout
     n, units = trace.n, layout.units
-    if weights is None:  # units x (n, n), not stacked: one copy of 30 x n x n floats less
-        weights = [layout.weights(u) for u in range(units)]
     pick = slice(None)
     if kept_labels is not None:
         where = {tuple(int(x) for x in label): i for i, label in enumerate(kept_labels)}
@@ -385,16 +377,11 @@ def paper_chain(
     def step(t: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         row = np.stack([w[t, : t + 1] for w in weights])  # (units, t+1)
         kept = kept_at(t)[pick]  # (units, t+1)
-        if config.observation == "full":
-            return row, row, kept
-        kept_row = np.where(kept, row, 0.0)
-        total = kept_row.sum(axis=1, keepdims=True)
-        seen = np.divide(kept_row, total, out=np.zeros_like(kept_row), where=total > 0)
-        return row, seen, kept
+        return row, seen_row(row, kept, config.observation), kept
 
     arrays = chain_from_steps(step, n, units, concave_name)
     return PaperChain(n=n, concave_name=concave_name, unit_labels=layout.labels, arrays=arrays,
-                      policy=name, budget=int(k))  # fmt: skip
+                      policy=setup.policy, budget=setup.budget)  # fmt: skip
 
 
 def algorithm2_trajectory(weights: np.ndarray, k: int, *, newest_evictable: bool = True,

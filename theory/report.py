@@ -31,15 +31,16 @@ and cache unit:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from h2osim.engine import ReplayConfig, replay
+from h2osim.engine import ReplayConfig, ReplayResult, replay
 from h2osim.policies import Policy, make_policy
 from h2osim.trace import Trace
+from h2osim.units import UnitLayout
 from theory.bounds import (
     ONE_MINUS_INV_E,
     accumulated_certificate,
@@ -126,6 +127,69 @@ def _top_sum(values: np.ndarray, count: np.ndarray) -> np.ndarray:
     return running[np.arange(len(values)), np.minimum(count, values.shape[1])]
 
 
+@dataclass
+class ReplaySetup:
+    """What a check walks along a trace: the held sets, on which units, with which weights."""
+
+    config: ReplayConfig
+    kept_at: Callable[[int], np.ndarray]  # t -> (units, t+1) bool held set
+    budget: int  # k, the largest held set
+    policy: str  # name shown in tables
+    layout: UnitLayout
+    weights: list[np.ndarray]  # units x (n, n) metric weights
+
+
+def replay_setup(
+    trace: Trace,
+    policy: Policy | str,
+    budget: float | int | str,
+    *,
+    budget_of: str = "sequence",
+    config: ReplayConfig | None = None,
+    about: str = "the check is about online eviction",
+    given: tuple[Callable[[int], np.ndarray], int] | None = None,
+    result: ReplayResult | None = None,
+    weights: list[np.ndarray] | None = None,
+    progress: bool = False,
+) -> ReplaySetup:
+    """The trajectory and unit weights that :func:`trace_bound_report` and
+    :func:`theory.paper.paper_chain` check: ``given`` = ``(kept_at, k)`` held sets on
+    ``config``'s units (``policy`` then only names them), else ``result``'s, else a
+    replay of the online ``policy`` at ``budget`` (``about``: what an offline policy
+    would be refused for). ``weights``: the units' ``(n, n)`` weights if already computed.
+
+    Example: ``replay_setup(trace, "h2o", 0.2).kept_at(10)`` is the ``(units, 11)`` set
+    h2o held at row 10; ``.weights[u][10, :11]`` that row's weights on unit ``u``."""
+    if given is not None:
+        kept_at, k = given
+        name = policy if isinstance(policy, str) else policy.name
+        config = config or ReplayConfig()
+    else:
+        policy = make_policy(policy) if isinstance(policy, str) else policy
+        if result is None:
+            if not policy.online:
+                raise ValueError(f"policy {policy.name!r} is offline; {about}")
+            result = replay(trace, policy, budget, budget_of=budget_of, config=config,
+                            progress=progress)  # fmt: skip
+        config, kept_at, k, name = result.config, result.kept_at, result.budget, policy.name
+    layout = config.layout(trace)
+    if weights is None:  # units x (n, n), not stacked: one copy of 30 x n x n floats less
+        weights = [layout.weights(u) for u in range(layout.units)]
+    return ReplaySetup(config=config, kept_at=kept_at, budget=int(k), policy=name, layout=layout,
+                       weights=weights)  # fmt: skip
+
+
+def seen_row(row: np.ndarray, kept: np.ndarray, observation: str) -> np.ndarray:
+    """The row a policy saw: ``row`` itself (``observation`` "full") or renormalised over
+    the ``kept`` keys (an empty set sees zeros). ``(units, t+1)``. Example: [[0.5, 0.3,
+    0.2]] kept [[T, F, T]] -> [[5/7, 0, 2/7]]."""
+    if observation == "full":
+        return row
+    kept_row = np.where(kept, row, 0.0)
+    total = kept_row.sum(axis=1, keepdims=True)
+    return np.divide(kept_row, total, out=np.zeros_like(kept_row), where=total > 0)
+
+
 def trace_bound_report(
     trace: Trace,
     policy: Policy | str = "heavy",
@@ -148,25 +212,15 @@ def trace_bound_report(
     (then ``policy`` is only a name and the observation is the full row).
     ``weights``: the units' ``(n, n)`` metric weights if already computed (``layout.weights``).
     """
+    given = None
     if held is not None:
-        name = policy if isinstance(policy, str) else policy.name
         config = config or ReplayConfig(observation="full")
-        kept_at = lambda t: held[t, :, : t + 1]  # noqa: E731
-        k = int(held.sum(axis=2).max())
-    else:
-        policy = make_policy(policy) if isinstance(policy, str) else policy
-        if not policy.online:
-            raise ValueError(
-                f"policy {policy.name!r} is offline; the bound is about online eviction"
-            )
-        result = replay(
-            trace, policy, budget, budget_of=budget_of, config=config, progress=progress
-        )
-        config, name, kept_at, k = result.config, policy.name, result.kept_at, result.budget
-    layout = config.layout(trace)
-    n, units = trace.n, layout.units
-    if weights is None:  # units x (n, n), not stacked: one copy of 30 x n x n floats less
-        weights = [layout.weights(u) for u in range(units)]
+        given = (lambda t: held[t, :, : t + 1], int(held.sum(axis=2).max()))
+    setup = replay_setup(trace, policy, budget, budget_of=budget_of, config=config,
+                         about="the bound is about online eviction", given=given,
+                         weights=weights, progress=progress)  # fmt: skip
+    config, kept_at, weights = setup.config, setup.kept_at, setup.weights
+    n, units = trace.n, setup.layout.units
     true_score = np.zeros((units, n))  # A_i
     seen_score = np.zeros((units, n))  # A~_i
     slope = concave_slope(concave_name)
@@ -182,13 +236,7 @@ def trace_bound_report(
         row = np.stack([w[i, : i + 1] for w in weights])  # (units, i+1)
         kept = kept_at(i)  # (units, i+1)
         true_score[:, : i + 1] += row
-        if config.observation == "full":
-            seen_score[:, : i + 1] += row
-        else:
-            kept_row = np.where(kept, row, 0.0)
-            total = kept_row.sum(axis=1, keepdims=True)
-            seen_score[:, : i + 1] += np.divide(kept_row, total, out=np.zeros_like(kept_row),
-                                                where=total > 0)  # fmt: skip
+        seen_score[:, : i + 1] += seen_row(row, kept, config.observation)
         scores = true_score[:, : i + 1]
         size = kept.sum(axis=1)
         sizes[i] = size
@@ -219,7 +267,7 @@ def trace_bound_report(
                 last > 0, optimum / np.where(last > 0, last, 1.0) - 1.0, np.nan
             )
         previous_kept = kept
-    return TraceBoundReport(policy=name, budget=int(k), concave_name=concave_name,
+    return TraceBoundReport(policy=setup.policy, budget=setup.budget, concave_name=concave_name,
                             charge_eps0=charge_eps0,
-                            config=config, unit_labels=layout.labels,
+                            config=config, unit_labels=setup.layout.labels,
                             prompt_length=trace.prompt_length, sizes=sizes, arrays=arrays)  # fmt: skip
