@@ -12,7 +12,10 @@ Two task grains: one task per cell, and, on a cluster, one task per cache unit f
 offline planners (``opt``, ``belady``: :class:`h2osim.oracles.ScheduledPolicy` plans each
 unit independently), followed by one replay task that follows the plans. Tasks carry a
 trace's path and content hash, never its arrays: each worker opens a trace once and
-keeps it (:func:`h2osim.grid.open_trace`). The client alone writes the store
+keeps it (:func:`h2osim.grid.open_trace`). With ``--scatter`` the client reads each trace
+file once and sends its bytes to every worker once (``Client.scatter(broadcast=True)``);
+tasks then take that future instead of the path (:func:`scatter_traces`; workers need no
+shared file system). The client alone writes the store
 (:mod:`h2osim.store`), in atomic parts, so a row lands once even when Dask reruns a task
 whose worker died. With ``--store``, cells whose row is already stored are not computed.
 
@@ -28,6 +31,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import hashlib
 import sys
 import time
 import types
@@ -56,6 +61,7 @@ from h2osim.policies import policy_names
 from h2osim.store import ResultStore, record_of
 
 SPLITS = ("auto", "cell", "unit")  # task grain of offline planners (auto: per unit on a cluster)
+SCATTER_LIMIT_MIB = 256  # --scatter sends trace files up to this size; larger ones go by path
 
 
 # --------------------------------------------------------------------------- tasks
@@ -162,6 +168,56 @@ def replay_planned(cell: Cell, plans: Sequence[tuple[np.ndarray, float]],
     return _row(cell, result, per_step)
 
 
+def with_scattered(function: Any, ref: TraceRef, data: bytes, *args: Any) -> Any:
+    """Task wrapper of ``--scatter``: open the trace whose file bytes the client scattered
+    (``data``; Dask hands every task on a worker the same object), then run
+    ``function(*args)``, whose :func:`h2osim.grid.open_trace` finds it open.
+
+    The first task on a worker process writes the bytes to the worker's own scratch
+    folder (``Worker.local_directory``, removed with the worker) and opens that copy with
+    the ordinary loader - validated, never unpickled, its SHA-256 checked against
+    ``ref`` - so the replay is the one a by-path task runs. Later tasks find it in the
+    process's open traces (up to 4; h2osim's workers run one task at a time)."""
+    from h2osim.files import atomic_write
+
+    try:
+        from distributed import get_worker
+
+        folder = Path(get_worker().local_directory)
+    except (ImportError, ValueError):  # not on a Dask worker (a direct call)
+        import tempfile
+
+        folder = Path(tempfile.gettempdir())
+    local = folder / f"h2osim-trace-{ref.sha256}.npz"
+    if not local.is_file():
+        with atomic_write(local) as handle:
+            handle.write(data)
+    open_trace(dataclasses.replace(ref, path=str(local)))  # hash checked on first open
+    return function(*args)
+
+
+def scatter_traces(client: Any, refs: Sequence[TraceRef],
+                   limit_mib: float = SCATTER_LIMIT_MIB) -> dict[str, Any]:  # fmt: skip
+    """Read each trace file up to ``limit_mib`` once here and send its bytes to every
+    worker once; returns ``{sha256: future}``. A larger trace is left out (its tasks read
+    it by path; one line on stderr says so), and a file whose bytes no longer match its
+    declared hash is an error. Example: ``scatter_traces(client, grid.traces, 64)``."""
+    futures = {}
+    for ref in {ref.sha256: ref for ref in refs}.values():
+        size = Path(ref.path).stat().st_size
+        if size > limit_mib * 2**20:
+            print(f"h2osim.sweep: {ref.path} is {size / 2**20:.1f} MiB, over --scatter-limit "
+                  f"{limit_mib:g} MiB: its tasks read it by path (workers need the file)",
+                  file=sys.stderr)  # fmt: skip
+            continue
+        data = Path(ref.path).read_bytes()
+        if hashlib.sha256(data).hexdigest() != ref.sha256:
+            raise ValueError(f"trace {ref.path} changed since the grid was declared (its SHA-256 "
+                             "differs); run the sweep again")  # fmt: skip
+        futures[ref.sha256] = client.scatter(data, broadcast=True, hash=False)
+    return futures
+
+
 def splits_per_unit(cell: Cell) -> bool:
     """Whether the cell's policy plans each unit independently (opt, belady)."""
     from h2osim.oracles import ScheduledPolicy
@@ -180,6 +236,7 @@ class GridRun:
     reused: int  # rows read from the store
     seconds: float
     tasks: int  # Dask tasks submitted (0 in process)
+    scattered: tuple[str, ...] = ()  # traces sent to the workers by scatter_traces (paths)
 
     def row(self, cell: Cell) -> dict[str, Any]:
         return self.rows[self.cells.index(cell)]
@@ -244,6 +301,8 @@ def run_grid(
     progress: bool = False,
     split: str = "auto",
     flush_seconds: float = 1.0,
+    scatter: bool = False,
+    scatter_limit_mib: float = SCATTER_LIMIT_MIB,
 ) -> GridRun:
     """Compute every cell of ``grid`` that ``store`` lacks and return all rows.
 
@@ -251,6 +310,8 @@ def run_grid(
     :func:`dask_client`). ``split``: offline planners as one task per cache unit
     (``unit``; ``auto`` = on Dask) or one per cell (``cell``). Finished rows are written
     to the store at least every ``flush_seconds`` and when the run ends or fails.
+    ``scatter``: on Dask, send each trace file up to ``scatter_limit_mib`` to the workers
+    once (:func:`scatter_traces`) instead of letting them read it by path (same rows).
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -258,6 +319,8 @@ def run_grid(
         raise ValueError(f"--workers must be >= 1, got {workers}")
     if not flush_seconds >= 0:
         raise ValueError(f"--flush-seconds must be >= 0, got {flush_seconds}")
+    if not scatter_limit_mib >= 0:
+        raise ValueError(f"--scatter-limit must be >= 0 MiB, got {scatter_limit_mib}")
     started = time.perf_counter()
     cells = grid.cells()
     todo = list({cell.key: cell for cell in (cells if store is None else
@@ -280,6 +343,7 @@ def run_grid(
 
     bar = _progress(len(todo), progress)
     tasks = 0
+    scattered: dict[str, Any] = {}  # sha256 -> future of the trace file's bytes
     try:
         if scheduler is None and workers == 1:
             for cell in todo:
@@ -289,17 +353,28 @@ def run_grid(
             from distributed import as_completed
 
             with dask_client(scheduler, workers) as client:
+                if scatter:
+                    scattered = scatter_traces(client, [cell.trace for cell in todo],
+                                               scatter_limit_mib)  # fmt: skip
+
+                def submit(function, cell: Cell, *args: Any, key: str) -> Any:
+                    data = scattered.get(cell.trace.sha256)  # the trace's future, or by path
+                    if data is None:
+                        return client.submit(function, cell, *args, key=key)
+                    return client.submit(with_scattered, function, cell.trace, data, cell, *args,
+                                         key=key)  # fmt: skip
+
                 futures = []
                 for cell in todo:
                     name = cell.key[:16]
                     if split != "cell" and splits_per_unit(cell):
-                        plans = [client.submit(plan_unit, cell, unit, key=f"plan-{name}-{unit}")
+                        plans = [submit(plan_unit, cell, unit, key=f"plan-{name}-{unit}")
                                  for unit in range(cell.trace.units(cell.config))]  # fmt: skip
-                        futures.append(client.submit(replay_planned, cell, plans, per_step,
-                                                     key=f"replay-{name}"))  # fmt: skip
+                        futures.append(submit(replay_planned, cell, plans, per_step,
+                                              key=f"replay-{name}"))  # fmt: skip
                         tasks += len(plans) + 1
                     else:
-                        futures.append(client.submit(run_cell, cell, per_step, key=f"cell-{name}"))
+                        futures.append(submit(run_cell, cell, per_step, key=f"cell-{name}"))
                         tasks += 1
                 for future in as_completed(futures):
                     finished(future.result())
@@ -311,8 +386,9 @@ def run_grid(
     if store is not None and len(store.parts()) > 32:
         store.compact()
     every = {**stored, **done}
+    sent = tuple(ref.path for ref in grid.traces if ref.sha256 in scattered)
     return GridRun(cells, [every[cell.key] for cell in cells], len(done), len(stored),
-                   time.perf_counter() - started, tasks)  # fmt: skip
+                   time.perf_counter() - started, tasks, sent)  # fmt: skip
 
 
 def _progress(total: int, shown: bool):
@@ -415,8 +491,8 @@ def _suffixed(path: str, index: int) -> str:
 
 # --------------------------------------------------------------------------- CLI
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--store --workers --scheduler --flush-seconds --per-step --split``: where and how
-    the grid runs."""
+    """``--store --workers --scheduler --flush-seconds --per-step --scatter --scatter-limit
+    --split``: where and how the grid runs."""
     group = parser.add_argument_group("where the grid runs and where its rows go")
     group.add_argument("--store", metavar="PATH",
                        help="results store folder (Parquet parts): stored cells are not recomputed")  # fmt: skip
@@ -425,7 +501,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
                        "single-threaded worker processes")  # fmt: skip
     group.add_argument("--scheduler", metavar="tcp://HOST:PORT",
                        help="run on this existing Dask cluster instead (workers read traces by "
-                       "path: they need the same files)")  # fmt: skip
+                       "path: they need the same files, or --scatter)")  # fmt: skip
     group.add_argument("--flush-seconds", type=float, default=1.0, metavar="S",
                        help="publish finished rows to the store at least every S seconds "
                        "(default 1; 0: after every row)")  # fmt: skip
@@ -434,6 +510,13 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also store per-step curves (mean over cache units) of each row",
     )
+    group.add_argument("--scatter", action="store_true",
+                       help="on Dask: read each trace here once and send it to every worker once "
+                       "instead of the workers reading it by path (for workers without the "
+                       "trace files; see docs/scale.md)")  # fmt: skip
+    group.add_argument("--scatter-limit", type=float, default=SCATTER_LIMIT_MIB, metavar="MIB",
+                       help=f"with --scatter: only traces up to MIB MiB are sent (default "
+                       f"{SCATTER_LIMIT_MIB}); larger ones go by path, with a note on stderr")  # fmt: skip
     group.add_argument("--split", choices=SPLITS, default="auto",
                        help="opt/belady as one task per cache unit (unit; auto = on Dask) or one "
                        "per cell (cell)")  # fmt: skip
@@ -503,13 +586,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"trace {grid.traces[0].path}: {grid.traces[0].describe}")
     result = run_grid(grid, store, workers=args.workers, scheduler=args.scheduler,
                       per_step=args.per_step, progress=not args.no_progress,
-                      split=args.split, flush_seconds=args.flush_seconds)  # fmt: skip
+                      split=args.split, flush_seconds=args.flush_seconds, scatter=args.scatter,
+                      scatter_limit_mib=args.scatter_limit)  # fmt: skip
     report(result, grid, json_path=args.json, csv_path=args.csv, plot=args.plot)
     where = (f"Dask at {args.scheduler}" if args.scheduler else
              f"a local Dask cluster of {args.workers} workers" if args.workers > 1
              else "this process")  # fmt: skip
     stored = f"; store {args.store}: {result.reused} rows read" if store is not None else ""
-    tasks = f" ({result.tasks} Dask tasks)" if result.tasks else ""
+    sent = len(result.scattered)
+    scattered = f", {sent} trace{'s' if sent > 1 else ''} scattered" if sent else ""
+    tasks = f" ({result.tasks} Dask tasks{scattered})" if result.tasks else ""
     print(f"grid: {len(result.cells)} cells, {result.computed} computed in {where}{tasks} "
           f"in {result.seconds:.1f} s{stored}", file=sys.stderr)  # fmt: skip
     return 0
@@ -525,4 +611,4 @@ if __name__ == "__main__":
 
 
 __all__ = ["GridRun", "dask_client", "group_records", "local_cluster_config", "main", "plan_unit", "print_sweep",
-           "replay_planned", "report", "run_cell", "run_grid"]  # fmt: skip
+           "replay_planned", "report", "run_cell", "run_grid", "scatter_traces", "with_scattered"]  # fmt: skip
