@@ -264,9 +264,11 @@ def dask_client(scheduler: str | None, workers: int) -> Iterator[Any]:
         with client:
             yield client
         return
+    # CRITICAL: a task's error reaches the client through its future anyway; at ERROR the
+    # workers print a heartbeat traceback when the cluster closes under them (harmless).
     with local_cluster_config(), LocalCluster(n_workers=workers, threads_per_worker=1,
                                               processes=True, dashboard_address=":0",
-                                              silence_logs=logging.ERROR) as cluster, \
+                                              silence_logs=logging.CRITICAL) as cluster, \
             Client(cluster) as client:  # fmt: skip
         yield client
 
