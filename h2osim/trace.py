@@ -1,32 +1,44 @@
-"""Attention traces: the ``.npz`` file format v1, its validation, and lazy access.
+"""Attention traces: the ``.npz`` file formats v1 (dense) and v2 (sparse), their validation,
+and lazy access.
 
 A trace holds the attention probabilities of a full-cache model run, per stored layer
 and query head, for causal rows t = 0..n-1 (row t has t+1 entries). Rows 0..P-1 come
 from the prompt (prefill), the rest from decoding. See docs/trace-format.md for the
 byte-level contract; in short, an ``.npz`` (zip of ``.npy``) with these members:
 
-=====================  ========================  =====================================
-key                    dtype / shape             meaning
-=====================  ========================  =====================================
-format_version         int64 ()                  always 1 for this reader
-layers                 int64 (L,)                model layer index of each stored layer
-head_map               int64 (H,)                query head -> KV head (GQA groups)
-prompt_length          int64 ()                  P, rows 0..P-1 are prefill rows
-token_ids              int64 (n,)                the token ids
-tokens                 unicode (n,)              their text pieces
-metadata               unicode ()                JSON object: model, source hash, ...
-attention_encoding     unicode ()                "float32" | "float16" | "quantized"
-attention_levels       int64 ()                  only for "quantized": levels per unit
-attention.L{l}         (H, n(n+1)/2)             packed lower triangle, row t at t(t+1)/2
-values.L{l}            float16/32 (KVH, n, d)    optional value vectors
-key_norms.L{l}         float32 (KVH, n)          optional L2 norms of the cached keys
-=====================  ========================  =====================================
+=======================  ========================  =====================================
+key                      dtype / shape             meaning
+=======================  ========================  =====================================
+format_version           int64 ()                  1 (dense encodings) or 2 (sparse)
+layers                   int64 (L,)                model layer index of each stored layer
+head_map                 int64 (H,)                query head -> KV head (GQA groups)
+prompt_length            int64 ()                  P, rows 0..P-1 are prefill rows
+token_ids                int64 (n,)                the token ids
+tokens                   unicode (n,)              their text pieces
+metadata                 unicode ()                JSON object: model, source hash, ...
+attention_encoding       unicode ()                "float32" | "float16" | "quantized" | "sparse"
+attention_levels         int64 ()                  only for "quantized": levels per unit
+attention.L{l}           (H, n(n+1)/2)             dense: packed lower triangle, row t at t(t+1)/2
+attention_epsilon        float64 ()                only for "sparse": dropped mass per row
+attention_offsets.L{l}   int64 (n*H+1,)            sparse: row (t, h) = r = t*H+h keeps
+attention_indices.L{l}   uint16 (nnz,)             entries offsets[r]:offsets[r+1]: key
+attention_values.L{l}    float32/16 (nnz,)         indices (increasing), probabilities,
+attention_dropped.L{l}   float32 (n, H)            and the mass the row left out
+values.L{l}              float16/32 (KVH, n, d)    optional value vectors
+key_norms.L{l}           float32 (KVH, n)          optional L2 norms of the cached keys
+=======================  ========================  =====================================
 
 The "quantized" encoding is lossy but keeps every row sum exact: it stores the integer
 differences of the rounded cumulative row sums, ``d_j = round(L c_j) - round(L c_{j-1})``
 with ``c_j`` the cumulative sum of the row and L the levels (default 1024), so each
 probability is off by at most 1/L (< 1e-3 for L = 1024) and the row still sums to 1.
 Mostly-zero integers compress far better than float16.
+
+The "sparse" encoding (issue #16) keeps, per row, the largest entries until the dropped
+mass is <= epsilon x the row total (:func:`sparsify_rows`); kept entries are stored exactly
+(float32, or float16 from a float16 trace), so for any fixed eviction schedule the retained
+mass of every row differs from the dense row's by at most epsilon (docs/trace-format.md).
+A sparse row reads as the dense row with the dropped keys set to 0.
 
 Loading never unpickles (no pickle-capable dtype gets past the strict ``.npy`` header
 parser). Members stored uncompressed are memory-mapped after a CRC-32 check; compressed
@@ -59,15 +71,26 @@ import numpy as np
 from h2osim.errors import TraceError
 from h2osim.files import atomic_write, printable
 
-FORMAT_VERSION = 1
-ENCODINGS = ("float32", "float16", "quantized")
+FORMAT_VERSION = 1  # files with a dense encoding (every v1 file reads exactly as before)
+SPARSE_FORMAT_VERSION = 2  # files with the sparse encoding (v2 = v1 + "sparse")
+FORMAT_VERSIONS = (FORMAT_VERSION, SPARSE_FORMAT_VERSION)
+ENCODINGS = ("float32", "float16", "quantized")  # the dense (v1) encodings
+SPARSE = "sparse"
+ALL_ENCODINGS = ENCODINGS + (SPARSE,)
 DEFAULT_LEVELS = 1024
+DEFAULT_EPSILON = 1e-4  # the sparse encoding's default dropped mass per row
+MAX_EPSILON = 0.5
+SPARSE_VALUE_DTYPES = ("float32", "float16")
 AGGREGATIONS = ("sum", "mean", "max")
 
 # Row-sum tolerance per encoding: fp32 softmax rows sum to 1 within ~1e-6; fp16 rounds
 # each probability to a relative 2**-11, so a row sum is off by at most ~5e-4.
 ROW_SUM_TOLERANCE = {"float32": 1e-4, "float16": 2e-3}
+# A sparse row's stored dropped mass may exceed epsilon x its total by float32 rounding only.
+DROPPED_SLACK = (1e-5, 1e-12)  # (relative, absolute)
+_SPARSIFY_ELEMENTS = 2**20  # dense entries sparsified at once (bounds its float64 temporaries)
 
+_SPARSE_PARTS = ("attention_offsets", "attention_indices", "attention_values", "attention_dropped")
 _SCALAR_KEYS = ("format_version", "prompt_length", "metadata", "attention_encoding")
 _REQUIRED_KEYS = ("format_version", "layers", "head_map", "prompt_length", "token_ids",
                   "tokens", "metadata", "attention_encoding")  # fmt: skip
@@ -159,6 +182,109 @@ def quantize_rows(packed: np.ndarray, n: int, levels: int = DEFAULT_LEVELS) -> n
     return codes.astype(np.uint16)
 
 
+def sparse_index_dtype(n: int) -> np.dtype:
+    """Index dtype of the sparse encoding: uint16 while every key index fits (n <= 65,536,
+    the loader's default token limit), else uint32. Example: n=4096 -> uint16."""
+    return np.dtype(np.uint16 if n <= 2**16 else np.uint32)
+
+
+@dataclass(frozen=True)
+class SparseRows:
+    """One layer's attention in the sparse encoding: a CSR layout of flat arrays, rows in
+    time-major order (row ``r = t * H + h`` is query t of query head h).
+
+    ``offsets`` ``(n*H + 1,)`` int64: row r keeps entries ``offsets[r]:offsets[r+1]``;
+    ``indices`` ``(nnz,)`` uint16/uint32: their key positions, strictly increasing in a row;
+    ``values`` ``(nnz,)`` float32/float16: their probabilities, exactly as in the dense row;
+    ``dropped`` ``(n, H)`` float32: the mass of the entries the row left out.
+    Example (H=1, n=2, rows [1.0] and [0.99995, 0.00005], epsilon 1e-4): offsets [0, 1, 2],
+    indices [0, 0], values [1.0, 0.99995], dropped [[0], [0.00005]].
+    """
+
+    offsets: np.ndarray
+    indices: np.ndarray
+    values: np.ndarray
+    dropped: np.ndarray
+
+    @property
+    def nnz(self) -> int:
+        return int(self.offsets[-1])
+
+    @classmethod
+    def concatenate(cls, pieces: Sequence[tuple[np.ndarray, ...]], index_dtype) -> SparseRows:
+        """Join consecutive row blocks from :func:`sparsify_rows` (in row order)."""
+        counts = np.concatenate([piece[0].reshape(-1) for piece in pieces])
+        offsets = np.zeros(counts.size + 1, dtype=np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        return cls(offsets, np.concatenate([piece[1] for piece in pieces]).astype(index_dtype),
+                   np.concatenate([piece[2] for piece in pieces]),
+                   np.concatenate([piece[3] for piece in pieces]).astype(np.float32))  # fmt: skip
+
+
+def sparsify_rows(
+    block: np.ndarray, first_row: int, epsilon: float, dtype="float32"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Keep, per row, the largest entries until the dropped mass is <= ``epsilon`` x the row total.
+
+    ``block`` ``(H, T, W)``: rows ``first_row .. first_row+T-1`` of H heads over keys
+    ``0..W-1`` (keys after a row's own position are ignored). The entries are first rounded
+    to ``dtype`` (the stored value type); the dropped set is the longest run of the
+    smallest entries whose float64 sum stays <= epsilon x the float64 row total (ties: the
+    earlier key is dropped first); the largest entry is always kept. Returns time-major
+    ``(counts (T, H), indices (nnz,) int64, values (nnz,) dtype, dropped (T, H) float64)``.
+    Example: one row [0.5, 0.00004, 0.49996], epsilon 1e-4 -> counts [[2]], indices
+    [0, 2], values [0.5, 0.49996], dropped [[0.00004]].
+    """
+    stored = np.asarray(block).astype(dtype, copy=False)
+    heads, count, width = stored.shape
+    by_row = np.moveaxis(stored, 0, 1)  # (T, H, W)
+    rows = by_row.astype(np.float64)
+    t = first_row + np.arange(count)
+    future = np.broadcast_to((np.arange(width)[None, :] > t[:, None])[:, None, :], rows.shape)
+    rows[future] = 0.0
+    order = np.argsort(np.where(future, -1.0, rows), axis=2, kind="stable")  # future keys first
+    cumulative = np.cumsum(np.take_along_axis(rows, order, axis=2), axis=2)  # ascending
+    totals = cumulative[:, :, -1]
+    drop = np.count_nonzero(cumulative <= epsilon * totals[:, :, None], axis=2)  # a prefix
+    drop = np.minimum(drop, width - 1)  # the largest entry stays
+    last_dropped = np.take_along_axis(cumulative, np.maximum(drop - 1, 0)[:, :, None], axis=2)
+    dropped = np.where(drop > 0, last_dropped[:, :, 0], 0.0)
+    keep_sorted = np.broadcast_to(np.arange(width) >= drop[:, :, None], rows.shape)
+    kept = np.empty(rows.shape, dtype=bool)
+    np.put_along_axis(kept, order, keep_sorted, axis=2)
+    kept &= ~future
+    where_t, where_h, where_j = np.nonzero(kept)  # C order: (t, h, key), the file's order
+    return kept.sum(axis=2), where_j, by_row[where_t, where_h, where_j], dropped
+
+
+def sparse_block_rows(first_row: int, heads: int, n: int) -> int:
+    """Rows T of the next block so that T x heads x (first_row + T) <= _SPARSIFY_ELEMENTS."""
+    budget = _SPARSIFY_ELEMENTS / heads
+    rows = int((-first_row + math.sqrt(first_row * first_row + 4 * budget)) / 2)
+    return max(1, min(n - first_row, rows))
+
+
+def sparsify_packed(
+    packed: np.ndarray, n: int, epsilon: float, dtype="float32", decode=None
+) -> SparseRows:
+    """The sparse encoding of one layer's packed rows ``(H, n(n+1)/2)`` (see :func:`sparsify_rows`),
+    a block of rows at a time. ``decode`` maps stored rows to floats (for quantized codes).
+    Example: sparsify_packed(trace.layer_attention(0), trace.n, 1e-4).
+    """
+    decode = decode or (lambda raw: raw)
+    heads = packed.shape[0]
+    pieces, first = [], 0
+    while first < n:
+        count = sparse_block_rows(first, heads, n)
+        t = np.arange(first, first + count)
+        width = first + count
+        gather = row_start(t)[:, None] + np.minimum(np.arange(width)[None, :], t[:, None])
+        block = decode(np.asarray(packed[:, row_start(first) : row_start(first + count)]))
+        pieces.append(sparsify_rows(block[:, gather - row_start(first)], first, epsilon, dtype))
+        first += count
+    return SparseRows.concatenate(pieces, sparse_index_dtype(n))
+
+
 @dataclass(frozen=True)
 class _Member:
     """Where one ``.npy`` member of the zip lives, read from its header only."""
@@ -190,7 +316,7 @@ class LoadLimits:
     max_heads: int = 4_096  # query heads
     max_head_dim: int = 16_384  # d of stored values
     max_bytes: int | None = None  # all members as declared (inflated); None: memory_ceiling()
-    max_members: int = 2 * 4_096 + 16
+    max_members: int = 6 * 4_096 + 16  # sparse: 4 attention members + values + norms a layer
     max_header_bytes: int = 10_000  # one .npy header (numpy's own default limit)
     max_metadata_chars: int = 1_000_000
     max_token_chars: int = 256  # longest text piece of one token
@@ -466,6 +592,15 @@ def _as_int(value: np.ndarray, key: str) -> int:
     return int(array)
 
 
+def _as_float(value: np.ndarray, key: str) -> float:
+    array = np.asarray(value)
+    if array.shape != () or array.dtype.kind != "f":
+        raise TraceError(
+            f"{key}: expected a float scalar, got dtype {array.dtype} shape {array.shape}"
+        )
+    return float(array)
+
+
 def _as_str(value: np.ndarray, key: str) -> str:
     array = np.asarray(value)
     if array.shape != () or array.dtype.kind != "U":
@@ -478,6 +613,7 @@ def _as_str(value: np.ndarray, key: str) -> str:
 _HEADER_BYTES = {  # most bytes a small member may declare, from the limits
     "format_version": lambda limits: 64, "prompt_length": lambda limits: 64,
     "attention_levels": lambda limits: 64, "attention_encoding": lambda limits: 256,
+    "attention_epsilon": lambda limits: 64,
     "metadata": lambda limits: 4 * limits.max_metadata_chars,
     "layers": lambda limits: 8 * limits.max_layers, "head_map": lambda limits: 8 * limits.max_heads,
     "token_ids": lambda limits: 8 * limits.max_tokens,
@@ -575,6 +711,7 @@ class Trace:
         self._cache: dict[str, np.ndarray] = {}
         self._outputs: dict[tuple[int, int], np.ndarray] = {}
         self._row_stats: dict[int, tuple[np.ndarray, ...]] = {}
+        self._sparse: dict[int, SparseRows] = {}  # layer -> structure-checked sparse rows
         self._parse_header(header)
 
     # ----------------------------------------------------------------- construction
@@ -595,7 +732,7 @@ class Trace:
         try:
             reader = _NpzReader(file_path, limits)
             header = {}
-            for key in _REQUIRED_KEYS + ("attention_levels",):
+            for key in _REQUIRED_KEYS + ("attention_levels", "attention_epsilon"):
                 if key in reader.members:
                     _check_header_member(reader.members[key], limits)
                     header[key] = reader.array(key)
@@ -628,17 +765,20 @@ class Trace:
         metadata: Mapping[str, Any] | None = None,
         validate: bool = True,
         key_norms: Mapping[int, np.ndarray] | None = None,
+        epsilon: float | None = None,
     ) -> Trace:
         """Build an in-memory trace from float attention.
 
         ``attention`` is ``{layer: (H, n(n+1)/2) packed}``, or an array ``(L, H, P)``
-        packed or ``(L, H, n, n)`` dense (lower triangle used). ``values`` likewise
+        packed or ``(L, H, n, n)`` dense (lower triangle used), or ``{layer: SparseRows}``
+        (the sparse encoding; then ``epsilon`` says what they were made with). ``values`` likewise
         ``{layer: (KVH, n, d)}`` or ``(L, KVH, n, d)``. Missing token ids/texts default to
         positions; ``prompt_length`` defaults to n (all prefill).
         """
         if isinstance(attention, Mapping):
             layer_ids = list(attention) if layers is None else list(layers)
-            per_layer = [np.asarray(attention[layer]) for layer in layer_ids]
+            per_layer = [attention[layer] if isinstance(attention[layer], SparseRows)
+                         else np.asarray(attention[layer]) for layer in layer_ids]  # fmt: skip
         else:
             stacked = np.asarray(attention)
             if stacked.ndim == 4:
@@ -651,12 +791,24 @@ class Trace:
             per_layer = list(stacked)
         if not per_layer:
             raise TraceError("attention: no layers given")
-        n = _n_from_packed(per_layer[0].shape[-1])
-        encoding = "float16" if per_layer[0].dtype == np.float16 else "float32"
         arrays: dict[str, np.ndarray] = {}
-        for layer, packed in zip(layer_ids, per_layer, strict=True):
-            dtype = np.float16 if encoding == "float16" else np.float32
-            arrays[f"attention.L{layer}"] = np.ascontiguousarray(packed, dtype=dtype)
+        if isinstance(per_layer[0], SparseRows):
+            if epsilon is None:
+                raise TraceError(
+                    "attention_epsilon: sparse rows need the epsilon they were made with"
+                )
+            encoding = SPARSE
+            n = (len(per_layer[0].offsets) - 1) // max(len(head_map), 1)
+            for layer, rows in zip(layer_ids, per_layer, strict=True):
+                for part, array in zip(_SPARSE_PARTS, (rows.offsets, rows.indices, rows.values,
+                                                       rows.dropped), strict=True):  # fmt: skip
+                    arrays[f"{part}.L{layer}"] = np.ascontiguousarray(array)
+        else:
+            n = _n_from_packed(per_layer[0].shape[-1])
+            encoding = "float16" if per_layer[0].dtype == np.float16 else "float32"
+            for layer, packed in zip(layer_ids, per_layer, strict=True):
+                dtype = np.float16 if encoding == "float16" else np.float32
+                arrays[f"attention.L{layer}"] = np.ascontiguousarray(packed, dtype=dtype)
         if values is not None:
             value_list = (
                 [values[layer] for layer in layer_ids]
@@ -668,7 +820,9 @@ class Trace:
         for layer, norms in (key_norms or {}).items():  # optional: (KVH, n) per layer
             arrays[f"key_norms.L{layer}"] = np.ascontiguousarray(norms, dtype=np.float32)
         header = {
-            "format_version": np.int64(FORMAT_VERSION),
+            "format_version": np.int64(
+                SPARSE_FORMAT_VERSION if encoding == SPARSE else FORMAT_VERSION
+            ),
             "layers": np.asarray(layer_ids, dtype=np.int64),
             "head_map": np.asarray(head_map, dtype=np.int64),
             "prompt_length": np.int64(n if prompt_length is None else prompt_length),
@@ -679,6 +833,8 @@ class Trace:
             "metadata": np.str_(json.dumps(dict(metadata or {}))),
             "attention_encoding": np.str_(encoding),
         }
+        if encoding == SPARSE:
+            header["attention_epsilon"] = np.float64(epsilon)
         header["_members"] = {
             key: _Member(key, a.shape, a.dtype, False, None) for key, a in arrays.items()
         }
@@ -700,15 +856,31 @@ class Trace:
                 f"{missing[0]}: required key is missing (keys present: {sorted(members)})"
             )
         version = _as_int(header["format_version"], "format_version")
-        if version != FORMAT_VERSION:
-            raise TraceError(
-                f"format_version: this reader knows version {FORMAT_VERSION}, the file says {version}"
-            )
+        if version not in FORMAT_VERSIONS:
+            raise TraceError(f"format_version: this reader knows versions {FORMAT_VERSIONS}, "
+                             f"the file says {version}")  # fmt: skip
         self.encoding = _as_str(header["attention_encoding"], "attention_encoding")
-        if self.encoding not in ENCODINGS:
+        if self.encoding not in ALL_ENCODINGS:
             raise TraceError(
-                f"attention_encoding: must be one of {ENCODINGS}, got {self.encoding!r}"
+                f"attention_encoding: must be one of {ALL_ENCODINGS}, got {self.encoding!r}"
             )
+        wanted = SPARSE_FORMAT_VERSION if self.encoding == SPARSE else FORMAT_VERSION
+        if version != wanted:
+            raise TraceError(f"format_version: the file says {version} with encoding "
+                             f"{self.encoding!r}; the sparse encoding is version "
+                             f"{SPARSE_FORMAT_VERSION}, the dense ones version {FORMAT_VERSION}")  # fmt: skip
+        self.format_version = version
+        self.epsilon: float | None = None
+        if self.encoding == SPARSE:
+            if "attention_epsilon" not in header:
+                raise TraceError(
+                    "attention_epsilon: required key is missing for the sparse encoding"
+                )
+            self.epsilon = _as_float(header["attention_epsilon"], "attention_epsilon")
+            if not 0 <= self.epsilon <= MAX_EPSILON:  # NaN fails too
+                raise TraceError(
+                    f"attention_epsilon: must be in [0, {MAX_EPSILON}], got {self.epsilon}"
+                )
         self.levels = DEFAULT_LEVELS
         if self.encoding == "quantized":
             if "attention_levels" not in header:
@@ -760,7 +932,11 @@ class Trace:
             _as_str(header["metadata"], "metadata"), "metadata", self._limits
         )
 
-        expected = set(_REQUIRED_KEYS) | {f"attention.L{layer}" for layer in self.layers}
+        if self.encoding == SPARSE:
+            expected = set(_REQUIRED_KEYS) | {"attention_epsilon"}
+            expected |= {f"{part}.L{layer}" for layer in self.layers for part in _SPARSE_PARTS}
+        else:
+            expected = set(_REQUIRED_KEYS) | {f"attention.L{layer}" for layer in self.layers}
         if self.encoding == "quantized":
             expected.add("attention_levels")
         value_keys = {f"values.L{layer}" for layer in self.layers}
@@ -786,12 +962,15 @@ class Trace:
             raise TraceError(f"{missing_arrays[0]}: required key is missing")
         unknown = sorted(set(members) - expected - value_keys - norm_keys)
         if unknown:
-            raise TraceError(f"{unknown[0]}: unknown key for format version {FORMAT_VERSION}")
+            raise TraceError(f"{unknown[0]}: unknown key for format version {version} "
+                             f"with encoding {self.encoding!r}")  # fmt: skip
 
-        want_dtype = {"float32": np.float32, "float16": np.float16, "quantized": np.uint16}[
-            self.encoding
-        ]
-        for layer in self.layers:
+        self.sparse_dtype: np.dtype | None = None
+        if self.encoding == SPARSE:
+            self._check_sparse_headers(members)
+        want_dtype = {"float32": np.float32, "float16": np.float16, "quantized": np.uint16,
+                      SPARSE: None}[self.encoding]  # fmt: skip
+        for layer in self.layers if want_dtype is not None else ():
             member = members[f"attention.L{layer}"]
             if member.shape != (self.num_heads, packed_size(self.n)):
                 raise TraceError(f"{member.name}: expected shape ({self.num_heads}, {packed_size(self.n)}) "
@@ -818,6 +997,37 @@ class Trace:
                 )
             self.head_dim = member.shape[2]
 
+    def _check_sparse_headers(self, members: Mapping[str, _Member]) -> None:
+        """Shapes and dtypes of every sparse member, from the headers (before any data)."""
+        rows, index_dtype = self.n * self.num_heads, sparse_index_dtype(self.n)
+        dense = self.num_heads * packed_size(self.n)
+        for layer in self.layers:
+            offsets, indices, values, dropped = (
+                members[f"{part}.L{layer}"] for part in _SPARSE_PARTS
+            )
+            for member, shape, dtype in ((offsets, (rows + 1,), np.dtype(np.int64)),
+                                         (dropped, (self.n, self.num_heads), np.dtype(np.float32))):  # fmt: skip
+                if member.shape != shape or member.dtype != dtype:
+                    raise TraceError(f"{member.name}: expected shape {shape} {dtype} for n={self.n} "
+                                     f"and {self.num_heads} query heads, got {member.shape} {member.dtype}")  # fmt: skip
+            if len(indices.shape) != 1 or indices.dtype != index_dtype:
+                raise TraceError(f"{indices.name}: expected a 1-d {index_dtype} array for n={self.n}, "
+                                 f"got {indices.shape} {indices.dtype}")  # fmt: skip
+            if indices.shape[0] > dense:
+                raise TraceError(f"{indices.name}: {indices.shape[0]} entries, more than the "
+                                 f"{dense} of the dense rows (H x n(n+1)/2); {_DAMAGED}")  # fmt: skip
+            if values.shape != indices.shape:
+                raise TraceError(f"{values.name}: expected shape {indices.shape} (one value per "
+                                 f"index), got {values.shape}")  # fmt: skip
+            if values.dtype.name not in SPARSE_VALUE_DTYPES:
+                raise TraceError(
+                    f"{values.name}: expected dtype float32 or float16, got {values.dtype}"
+                )
+            if self.sparse_dtype is not None and values.dtype != self.sparse_dtype:
+                raise TraceError(f"{values.name}: dtype {values.dtype} differs from other layers "
+                                 f"({self.sparse_dtype})")  # fmt: skip
+            self.sparse_dtype = values.dtype
+
     @staticmethod
     def _int_vector(value: Any, key: str) -> np.ndarray:
         array = np.asarray(value)
@@ -833,44 +1043,91 @@ class Trace:
 
         Reads each layer once; raises :class:`TraceError` at the first problem.
         """
-        starts = np.array([row_start(t) for t in range(self.n)], dtype=np.int64)
         for layer in self.layers:
-            key = f"attention.L{layer}"
-            raw = self._raw(key)
-            for head in range(self.num_heads):
-                packed = np.asarray(raw[head])
-                if self.encoding == "quantized":
-                    sums = np.add.reduceat(packed.astype(np.int64), starts)
-                    bad = np.flatnonzero(sums != self.levels)  # exact: the format says so
-                    if bad.size:
-                        t = int(bad[0])
-                        raise TraceError(
-                            f"{key}: row {t} of head {head} sums to {sums[t]} levels, expected {self.levels}"
-                        )
-                    continue
-                values = packed.astype(np.float32)
-                if not np.all(np.isfinite(values)):
-                    where = int(np.flatnonzero(~np.isfinite(values))[0])
-                    raise TraceError(
-                        f"{key}: head {head} has a non-finite probability (NaN or inf) in row {_row_of(where)}"
-                    )
-                if values.min() < 0:
-                    where = int(np.argmin(values))
-                    raise TraceError(
-                        f"{key}: head {head} has a negative probability {values[where]:.3g} in row {_row_of(where)}"
-                    )
-                sums = np.add.reduceat(values.astype(np.float64), starts)
-                tolerance = ROW_SUM_TOLERANCE[self.encoding]
-                bad = np.flatnonzero(np.abs(sums - 1.0) > tolerance)
+            self.validate_layer(int(layer))
+
+    def validate_layer(self, layer: int) -> None:
+        """:meth:`validate` for one layer (its attention and values)."""
+        self._check_layer(layer)
+        if self.encoding == SPARSE:
+            self._validate_sparse(layer)
+            self._validate_values(layer)
+        else:
+            self._validate_dense(layer)
+
+    def _validate_dense(self, layer: int) -> None:
+        starts = np.array([row_start(t) for t in range(self.n)], dtype=np.int64)
+        key = f"attention.L{layer}"
+        raw = self._raw(key)
+        for head in range(self.num_heads):
+            packed = np.asarray(raw[head])
+            if self.encoding == "quantized":
+                sums = np.add.reduceat(packed.astype(np.int64), starts)
+                bad = np.flatnonzero(sums != self.levels)  # exact: the format says so
                 if bad.size:
                     t = int(bad[0])
                     raise TraceError(
-                        f"{key}: row {t} of head {head} sums to {sums[t]:.6g}, expected 1 within {tolerance}"
+                        f"{key}: row {t} of head {head} sums to {sums[t]} levels, expected {self.levels}"
                     )
-            if self.has_values:
-                values_key = f"values.L{layer}"
-                if not np.all(np.isfinite(self._raw(values_key))):
-                    raise TraceError(f"{values_key}: has non-finite entries (NaN or inf)")
+                continue
+            values = packed.astype(np.float32)
+            if not np.all(np.isfinite(values)):
+                where = int(np.flatnonzero(~np.isfinite(values))[0])
+                raise TraceError(
+                    f"{key}: head {head} has a non-finite probability (NaN or inf) in row {_row_of(where)}"
+                )
+            if values.min() < 0:
+                where = int(np.argmin(values))
+                raise TraceError(
+                    f"{key}: head {head} has a negative probability {values[where]:.3g} in row {_row_of(where)}"
+                )
+            sums = np.add.reduceat(values.astype(np.float64), starts)
+            tolerance = ROW_SUM_TOLERANCE[self.encoding]
+            bad = np.flatnonzero(np.abs(sums - 1.0) > tolerance)
+            if bad.size:
+                t = int(bad[0])
+                raise TraceError(
+                    f"{key}: row {t} of head {head} sums to {sums[t]:.6g}, expected 1 within {tolerance}"
+                )
+        self._validate_values(int(layer))
+
+    def _validate_values(self, layer: int) -> None:
+        if self.has_values:
+            values_key = f"values.L{layer}"
+            if not np.all(np.isfinite(self._raw(values_key))):
+                raise TraceError(f"{values_key}: has non-finite entries (NaN or inf)")
+
+    def _validate_sparse(self, layer: int) -> None:
+        """Values finite and non-negative; dropped mass in [0, epsilon x row total] (up to
+        float32 rounding, :data:`DROPPED_SLACK`); kept + dropped = 1 within the row-sum
+        tolerance of the value dtype. The structure is checked by :meth:`sparse_layer`."""
+        rows = self.sparse_layer(layer)
+        values_key, dropped_key = f"attention_values.L{layer}", f"attention_dropped.L{layer}"
+        heads = self.num_heads
+        values = np.asarray(rows.values, dtype=np.float64)
+        bad = np.flatnonzero(~np.isfinite(values) | (values < 0))
+        if bad.size:
+            row = int(np.searchsorted(rows.offsets, bad[0], side="right")) - 1
+            raise TraceError(f"{values_key}: row {row // heads} of head {row % heads} has a "
+                             f"negative or non-finite probability {values[bad[0]]:.3g}")  # fmt: skip
+        dropped = np.asarray(rows.dropped, dtype=np.float64).reshape(-1)  # (n*H,) time-major
+        kept = np.add.reduceat(values, np.asarray(rows.offsets[:-1]))  # every row keeps >= 1
+        totals = kept + dropped
+        relative, absolute = DROPPED_SLACK
+        limit = self.epsilon * totals * (1 + relative) + absolute
+        bad = np.flatnonzero(~np.isfinite(dropped) | (dropped < 0) | (dropped > limit))
+        if bad.size:
+            row = int(bad[0])
+            raise TraceError(f"{dropped_key}: row {row // heads} of head {row % heads} dropped "
+                             f"mass {dropped[row]:.3g}, expected in [0, epsilon {self.epsilon:g} x "
+                             f"row total {totals[row]:.6g}]")  # fmt: skip
+        tolerance = ROW_SUM_TOLERANCE[self.sparse_dtype.name]
+        bad = np.flatnonzero(np.abs(totals - 1.0) > tolerance)
+        if bad.size:
+            row = int(bad[0])
+            raise TraceError(f"{values_key}: row {row // heads} of head {row % heads} sums to "
+                             f"{totals[row]:.6g} (kept {kept[row]:.6g} + dropped {dropped[row]:.3g}), "
+                             f"expected 1 within {tolerance}")  # fmt: skip
 
     # ----------------------------------------------------------------- access
     def _raw(self, key: str) -> np.ndarray:
@@ -882,6 +1139,95 @@ class Trace:
         if self.encoding == "quantized":
             return raw.astype(dtype) * dtype(1.0 / self.levels)
         return raw.astype(dtype, copy=False)
+
+    def sparse_layer(self, layer: int) -> SparseRows:
+        """One layer's :class:`SparseRows` (sparse encoding only), its structure checked on
+        first use whether or not the trace was validated: offsets start at 0, end at the
+        number of entries and give every row 1..t+1 entries; indices in a row strictly
+        increase and stay <= t. So decoding never indexes outside a row."""
+        self._check_layer(layer)
+        if self.encoding != SPARSE:
+            raise ValueError(f"this trace is {self.encoding!r}, not sparse")
+        if layer not in self._sparse:
+            rows = SparseRows(*(self._raw(f"{part}.L{layer}") for part in _SPARSE_PARTS))
+            self._check_sparse_structure(layer, rows)
+            self._sparse[layer] = rows
+        return self._sparse[layer]
+
+    def _check_sparse_structure(self, layer: int, rows: SparseRows) -> None:
+        heads, n = self.num_heads, self.n
+        offsets_key, indices_key = f"attention_offsets.L{layer}", f"attention_indices.L{layer}"
+        offsets = np.asarray(rows.offsets)
+        nnz = rows.indices.shape[0]
+        if offsets[0] != 0 or offsets[-1] != nnz:
+            raise TraceError(f"{offsets_key}: must start at 0 and end at the number of entries "
+                             f"{nnz}, got {offsets[0]} .. {offsets[-1]}; {_DAMAGED}")  # fmt: skip
+        counts = np.diff(offsets)  # (n*H,)
+        row_t = np.arange(n * heads) // heads
+        bad = np.flatnonzero((counts < 1) | (counts > row_t + 1))
+        if bad.size:
+            row = int(bad[0])
+            raise TraceError(f"{offsets_key}: row {row // heads} of head {row % heads} keeps "
+                             f"{counts[row]} entries, expected 1..{row // heads + 1} (offsets must "
+                             f"increase); {_DAMAGED}")  # fmt: skip
+        first_row = 0
+        while first_row < n:  # blocks of rows: bounded temporaries
+            stop_row = min(n, first_row + sparse_block_rows(first_row, heads, n))
+            lo, hi = first_row * heads, stop_row * heads
+            begin, end = int(offsets[lo]), int(offsets[hi])
+            indices = np.asarray(rows.indices[begin:end], dtype=np.int64)
+            entry_t = np.repeat(row_t[lo:hi], counts[lo:hi])
+            row_begins = np.zeros(indices.size, dtype=bool)
+            row_begins[offsets[lo:hi] - begin] = True
+            rising = np.diff(indices, prepend=-1) > 0
+            bad = np.flatnonzero((indices > entry_t) | ~(row_begins | rising))
+            if bad.size:
+                entry = begin + int(bad[0])
+                row = int(np.searchsorted(offsets, entry, side="right")) - 1
+                raise TraceError(f"{indices_key}: row {row // heads} of head {row % heads} has key "
+                                 f"index {indices[bad[0]]} out of order or past the row's "
+                                 f"{row // heads + 1} keys (indices must increase and stay <= t); "
+                                 f"{_DAMAGED}")  # fmt: skip
+            first_row = stop_row
+
+    def dropped_mass(self, layer: int) -> np.ndarray:
+        """Dropped mass of every row of one layer, ``(H, n)`` float64: 0 in dense encodings,
+        in the sparse one the stored mass a row left out (<= epsilon x the row total)."""
+        self._check_layer(layer)
+        if self.encoding != SPARSE:
+            return np.zeros((self.num_heads, self.n))
+        return np.asarray(self.sparse_layer(layer).dropped, dtype=np.float64).T
+
+    def _sparse_head_packed(self, layer: int, head: int, dtype=np.float32) -> np.ndarray:
+        """One head's decoded packed rows ``(n(n+1)/2,)`` from the sparse encoding."""
+        rows = self.sparse_layer(layer)
+        offsets = np.asarray(rows.offsets)
+        starts, stops = offsets[head : -1 : self.num_heads], offsets[head + 1 :: self.num_heads]
+        lengths = stops - starts  # (n,)
+        before = np.cumsum(lengths) - lengths
+        entries = np.arange(int(lengths.sum())) + np.repeat(starts - before, lengths)
+        where = np.repeat(row_start(np.arange(self.n)), lengths) + rows.indices[entries]
+        packed = np.zeros(packed_size(self.n), dtype=dtype)
+        packed[where] = rows.values[entries]
+        return packed
+
+    def _head_packed(self, layer: int, head: int, dtype=np.float32) -> np.ndarray:
+        """One head's decoded packed rows ``(n(n+1)/2,)``, any encoding."""
+        if self.encoding == SPARSE:
+            return self._sparse_head_packed(layer, head, dtype)
+        return self._decode(np.asarray(self.layer_attention(layer)[head]), dtype)
+
+    def _sparse_rows(self, t: int, layers: Sequence[int], dtype) -> np.ndarray:
+        """Row t of the chosen layers' heads decoded from the sparse encoding, ``(L, H, t+1)``."""
+        heads = self.num_heads
+        block = np.zeros((len(layers), heads, t + 1), dtype=dtype)
+        for position, layer in enumerate(layers):
+            rows = self.sparse_layer(int(layer))
+            offsets = np.asarray(rows.offsets[t * heads : (t + 1) * heads + 1])
+            begin, end = int(offsets[0]), int(offsets[-1])
+            which = np.repeat(np.arange(heads), np.diff(offsets))
+            block[position, which, rows.indices[begin:end]] = rows.values[begin:end]
+        return block
 
     def _check_layer(self, layer: int) -> None:
         if layer not in self.layer_positions:
@@ -895,29 +1241,42 @@ class Trace:
         return {int(layer): position for position, layer in enumerate(self.layers)}
 
     def layer_attention(self, layer: int) -> np.ndarray:
-        """The stored packed array of one layer, ``(H, n(n+1)/2)``, undecoded (memmap or array)."""
+        """The stored packed array of one layer, ``(H, n(n+1)/2)``, undecoded (memmap or array).
+
+        The sparse encoding stores no packed array: there it is the decoded float32 rows,
+        built on each call (``H x n(n+1)/2 x 4`` bytes); prefer :meth:`sparse_layer`.
+        """
         self._check_layer(layer)
+        if self.encoding == SPARSE:
+            return np.stack([self._sparse_head_packed(layer, h) for h in range(self.num_heads)])
         return self._raw(f"attention.L{layer}")
 
     def row(self, layer: int, head: int, t: int) -> np.ndarray:
         """Row t of one query head: attention of query t over keys 0..t, ``(t+1,)`` float32."""
         if not 0 <= t < self.n:
             raise IndexError(f"row {t} out of range for n={self.n}")
+        if self.encoding == SPARSE:
+            self._check_layer(layer)
+            return self._sparse_rows(t, [layer], np.float32)[0, head]
         return self._decode(self.layer_attention(layer)[head, row_start(t) : row_start(t + 1)])
 
     def rows(self, t: int, layers: Sequence[int] | None = None, dtype=np.float32) -> np.ndarray:
         """Row t of every stored (or chosen) layer and query head, ``(L, H, t+1)``.
 
         ``dtype`` float32 (default) or float64; the stored values convert exactly to both.
+        A sparse row is zero at the keys it dropped.
         """
         chosen = self.layers if layers is None else layers
+        if self.encoding == SPARSE:
+            return self._sparse_rows(t, chosen, dtype)
         start, stop = row_start(t), row_start(t + 1)
         block = np.stack([self.layer_attention(int(layer))[:, start:stop] for layer in chosen])
         return self._decode(block, dtype)
 
     def head_matrix(self, layer: int, head: int) -> np.ndarray:
         """Dense ``(n, n)`` float32 attention matrix of one query head (zeros above the diagonal)."""
-        return unpack_lower(self._decode(self.layer_attention(layer)[head]), self.n)
+        self._check_layer(layer)
+        return unpack_lower(self._head_packed(layer, head), self.n)
 
     def unit_matrix(self, layer: int, kv_head: int, aggregation: str = "sum") -> np.ndarray:
         """Dense ``(n, n)`` matrix of one cache unit: its query heads' rows aggregated."""
@@ -938,8 +1297,8 @@ class Trace:
         if layer not in self._row_stats and compute:
             from h2osim.metrics import row_statistics
 
-            raw = self.layer_attention(layer)
-            stats = [row_statistics(self._decode(np.asarray(raw[head])), self.n)
+            self._check_layer(layer)
+            stats = [row_statistics(self._head_packed(layer, head), self.n)
                      for head in range(self.num_heads)]  # one head at a time bounds the memory  # fmt: skip
             self._row_stats[layer] = tuple(np.stack(column) for column in zip(*stats, strict=True))
         return self._row_stats.get(layer)
@@ -987,25 +1346,45 @@ class Trace:
         """One line for humans: model, n, prompt, layers, heads (terminal-safe: control
         characters from the file are shown escaped, e.g. ESC as \\x1b)."""
         model = printable(str(self.metadata.get("model", "unknown model"))[:200])
+        sparse = (
+            f" (epsilon {self.epsilon:g}, {self.sparse_dtype})" if self.encoding == SPARSE else ""
+        )
         return (f"{model}: n={self.n} (prompt {self.prompt_length}, decode {self.decode_steps}), "
                 f"{len(self.layers)} layers, {self.num_heads} query heads -> {self.num_kv_heads} KV heads, "
-                f"{self.encoding}{', values' if self.has_values else ''}")  # fmt: skip
+                f"{self.encoding}{sparse}{', values' if self.has_values else ''}")  # fmt: skip
 
     # ----------------------------------------------------------------- writing
     def save(self, path: str | os.PathLike[str], *, encoding: str | None = None,
              levels: int = DEFAULT_LEVELS, compress: bool = True,
-             values_dtype: str | None = None) -> None:  # fmt: skip
-        """Write this trace as a v1 ``.npz`` atomically (see :mod:`h2osim.files`).
+             values_dtype: str | None = None, epsilon: float | None = None,
+             sparse_dtype: str | None = None, validate_source: bool = False) -> None:  # fmt: skip
+        """Write this trace as an ``.npz`` atomically (see :mod:`h2osim.files`): format v1
+        for the dense encodings, v2 for the sparse one.
 
-        ``encoding`` re-encodes the attention ("float32", "float16", "quantized");
-        ``compress`` deflates members (smaller; uncompressed members are memory-mapped
-        on load). ``values_dtype`` ("float16"/"float32") re-encodes stored values.
+        ``encoding`` re-encodes the attention ("float32", "float16", "quantized",
+        "sparse"); ``compress`` deflates members (smaller; uncompressed members are
+        memory-mapped on load). ``values_dtype`` ("float16"/"float32") re-encodes stored
+        values. ``epsilon`` (default 1e-4) and ``sparse_dtype`` (the kept values' type:
+        default float16 from a float16 trace, else float32) choose the sparse encoding
+        (:func:`sparsify_rows`). Members are written one layer at a time, and a layer
+        read only for saving is released after it, so converting a long trace holds one
+        layer (and its encoded form) at a time; ``validate_source`` checks each layer
+        (:meth:`validate_layer`) just before encoding it, for a trace loaded with
+        ``validate=False``. A sparse trace saves only as itself.
+        Example: ``Trace.load("long.npz").save("long-sparse.npz", encoding="sparse")``.
         """
         encoding = encoding or self.encoding
-        if encoding not in ENCODINGS:
-            raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
-        arrays: dict[str, np.ndarray] = {
-            "format_version": np.int64(FORMAT_VERSION),
+        if encoding not in ALL_ENCODINGS:
+            raise ValueError(f"encoding must be one of {ALL_ENCODINGS}, got {encoding!r}")
+        if self.encoding == SPARSE and encoding != SPARSE:
+            raise ValueError("a sparse trace saves only as sparse (the dropped entries are gone); "
+                             "re-encode the dense original instead")  # fmt: skip
+        if encoding == SPARSE:
+            epsilon, sparse_dtype = self._sparse_target(epsilon, sparse_dtype)
+        header: dict[str, np.ndarray] = {
+            "format_version": np.int64(
+                SPARSE_FORMAT_VERSION if encoding == SPARSE else FORMAT_VERSION
+            ),
             "layers": self.layers,
             "head_map": self.head_map,
             "prompt_length": np.int64(self.prompt_length),
@@ -1015,24 +1394,88 @@ class Trace:
             "attention_encoding": np.str_(encoding),
         }
         if encoding == "quantized":
-            arrays["attention_levels"] = np.int64(levels)
-        for layer in self.layers:
-            raw = self.layer_attention(int(layer))
-            if encoding == self.encoding and (encoding != "quantized" or levels == self.levels):
-                encoded = np.asarray(raw)
-            elif encoding == "quantized":
-                encoded = quantize_rows(self._decode(np.asarray(raw)), self.n, levels)
-            else:
-                encoded = self._decode(np.asarray(raw)).astype(encoding)
-            arrays[f"attention.L{layer}"] = encoded
-            if self.has_values:
-                stored = np.asarray(self._raw(f"values.L{layer}"))
-                arrays[f"values.L{layer}"] = stored.astype(values_dtype) if values_dtype else stored
-            if self.has_key_norms:
-                arrays[f"key_norms.L{layer}"] = np.asarray(self._raw(f"key_norms.L{layer}"))
-        writer = np.savez_compressed if compress else np.savez
+            header["attention_levels"] = np.int64(levels)
+        if encoding == SPARSE:
+            header["attention_epsilon"] = np.float64(epsilon)
+
+        def members():  # one layer at a time: a layer read for saving is let go after it
+            yield from header.items()
+            for layer in (int(layer) for layer in self.layers):
+                cached, checked = set(self._cache), layer in self._sparse
+                if validate_source:
+                    self.validate_layer(layer)
+                if encoding == SPARSE:
+                    yield from self._sparse_members(layer, epsilon, sparse_dtype)
+                else:
+                    raw = self.layer_attention(layer)
+                    same = encoding == self.encoding and (
+                        encoding != "quantized" or levels == self.levels
+                    )
+                    if same:
+                        encoded = np.asarray(raw)
+                    elif encoding == "quantized":
+                        encoded = quantize_rows(self._decode(np.asarray(raw)), self.n, levels)
+                    else:
+                        encoded = self._decode(np.asarray(raw)).astype(encoding)
+                    yield f"attention.L{layer}", encoded
+                    del raw, encoded
+                if self.has_values:
+                    stored = np.asarray(self._raw(f"values.L{layer}"))
+                    yield (
+                        f"values.L{layer}",
+                        stored.astype(values_dtype) if values_dtype else stored,
+                    )
+                if self.has_key_norms:
+                    yield f"key_norms.L{layer}", np.asarray(self._raw(f"key_norms.L{layer}"))
+                for key in set(self._cache) - cached:
+                    del self._cache[key]
+                if not checked:
+                    self._sparse.pop(layer, None)
+
         with atomic_write(path) as handle:
-            writer(handle, **arrays)
+            write_npz(handle, members(), compress)
+
+    def _sparse_target(self, epsilon: float | None, dtype: str | None) -> tuple[float, str]:
+        """The epsilon and value dtype of a sparse save: given, or this trace's own (a
+        sparse trace), or the defaults (1e-4; float16 from a float16 trace, else float32)."""
+        if self.encoding == SPARSE:
+            own = (self.epsilon, self.sparse_dtype.name)
+            if (epsilon is not None and epsilon != own[0]) or (
+                dtype is not None and dtype != own[1]
+            ):
+                raise ValueError(f"this trace is already sparse (epsilon {own[0]:g}, {own[1]}); "
+                                 "re-encode the dense original to change either")  # fmt: skip
+            return own
+        epsilon = DEFAULT_EPSILON if epsilon is None else float(epsilon)
+        if not 0 <= epsilon <= MAX_EPSILON:
+            raise ValueError(f"epsilon must be in [0, {MAX_EPSILON}], got {epsilon}")
+        dtype = dtype or ("float16" if self.encoding == "float16" else "float32")
+        if dtype not in SPARSE_VALUE_DTYPES:
+            raise ValueError(f"sparse values must be one of {SPARSE_VALUE_DTYPES}, got {dtype!r}")
+        return epsilon, dtype
+
+    def _sparse_members(self, layer: int, epsilon: float, dtype: str):
+        """(key, array) of one layer's sparse members: copied from a sparse trace, else made."""
+        if self.encoding == SPARSE:
+            rows = self.sparse_layer(layer)
+        else:
+            raw = self.layer_attention(layer)
+            decode = self._decode if self.encoding == "quantized" else None
+            rows = sparsify_packed(raw, self.n, epsilon, dtype, decode)
+        for part, array in zip(_SPARSE_PARTS, (rows.offsets, rows.indices, rows.values, rows.dropped),
+                               strict=True):  # fmt: skip
+            yield f"{part}.L{layer}", np.asarray(array)
+
+
+def write_npz(handle, members, compress: bool = True) -> None:
+    """Write ``(key, array)`` pairs as an ``.npz`` to an open binary file, one member at a
+    time (what ``np.savez`` writes - zip64 ``.npy`` members, never pickles - without
+    holding every array at once). Example: write_npz(f, [("a", np.zeros(3))])."""
+    method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    with zipfile.ZipFile(handle, mode="w", compression=method, allowZip64=True) as archive:
+        for key, array in members:
+            with archive.open(f"{key}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
 
 
 def _n_from_packed(size: int) -> int:

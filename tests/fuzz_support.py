@@ -148,7 +148,8 @@ def zero_bomb(prefix: bytes, zeros_at_least: int) -> tuple[bytes, int]:
 
 # --------------------------------------------------------------------------- base traces
 def base_members(encoding: str = "float32", values: bool = True) -> dict[str, bytes]:
-    """The ``.npy`` payload of every member of a small valid trace (n=12, 2 layers, 4 heads)."""
+    """The ``.npy`` payload of every member of a small valid trace (n=12, 2 layers, 4 heads)
+    in ``encoding`` (a dense one, format v1, or "sparse", format v2 at epsilon 1e-2)."""
     from h2osim.synthetic import synthetic_trace
     from h2osim.trace import quantize_rows
 
@@ -161,8 +162,20 @@ def base_members(encoding: str = "float32", values: bool = True) -> dict[str, by
     }  # fmt: skip
     if encoding == "quantized":
         arrays["attention_levels"] = np.int64(1024)
+    if encoding == "sparse":  # format v2: four CSR members a layer (h2osim.trace.SparseRows)
+        from h2osim.trace import sparsify_packed
+
+        arrays["format_version"] = np.int64(2)
+        arrays["attention_epsilon"] = np.float64(1e-2)
     for layer in trace.layers:
         packed = np.asarray(trace.layer_attention(int(layer)), dtype=np.float32)
+        if encoding == "sparse":
+            rows = sparsify_packed(packed, trace.n, 1e-2)
+            for part in ("offsets", "indices", "values", "dropped"):
+                arrays[f"attention_{part}.L{layer}"] = np.asarray(getattr(rows, part))
+            if values:
+                arrays[f"values.L{layer}"] = np.asarray(trace.values(int(layer)), dtype=np.float16)
+            continue
         if encoding == "quantized":
             packed = quantize_rows(packed, trace.n, 1024)
         arrays[f"attention.L{layer}"] = packed.astype(

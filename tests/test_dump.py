@@ -293,3 +293,57 @@ def test_cuda_rows_match_the_cpu_rows(loaded, traced):
                     max_new_tokens=NEW_TOKENS, forced_tokens=traced.token_ids[traced.prompt_length:])  # fmt: skip
     for layer in range(30):
         assert np.abs(on_gpu.attention[layer] - traced.attention[layer]).max() <= 1e-3
+
+
+# --------------------------------------------------------------------------- sparse encoding
+@pytest.mark.model
+def test_sparse_recording_equals_sparsifying_the_dense_rows_and_keeps_the_bound(loaded, traced):
+    """The chunk-by-chunk sparse store gives exactly the sparse encoding of the dense float32
+    rows (same tokens, same chunks), never holds a dense triangle, and replaying a fixed
+    schedule on it moves every row's retained mass by at most epsilon (a tenth fails)."""
+    from h2osim.engine import ReplayConfig, replay
+    from h2osim.model import encode_text
+    from h2osim.model.recorder import record
+    from h2osim.trace import SparseRows, packed_size, sparsify_packed
+    from tests.test_sparse import ROUNDING, FixedSchedule
+
+    model, tokenizer, _ = loaded
+    layers = [0, 15, 29]
+    epsilon = 1e-3
+    sparse = record(model, encode_text(tokenizer, SHORT_TEXT), max_new_tokens=NEW_TOKENS,
+                    prefill_chunk=5, layers=layers, sparse_epsilon=epsilon)  # fmt: skip
+    assert sparse.token_ids == traced.token_ids and sparse.epsilon == epsilon
+    heads = 9
+    for layer in layers:
+        rows = sparse.attention[layer]
+        assert isinstance(rows, SparseRows) and rows.nnz < heads * packed_size(sparse.n)
+        expected = sparsify_packed(traced.attention[layer], traced.n, epsilon)
+        for part in ("offsets", "indices", "values", "dropped"):
+            assert np.array_equal(getattr(rows, part), getattr(expected, part)), (layer, part)
+    head_map = [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    dense = Trace.from_arrays({layer: traced.attention[layer] for layer in layers},
+                              head_map=head_map, prompt_length=traced.prompt_length)  # fmt: skip
+    sparse_trace = Trace.from_arrays(sparse.attention, head_map=head_map,
+                                     prompt_length=sparse.prompt_length, epsilon=epsilon)  # fmt: skip
+    config = ReplayConfig(output_error=False)
+    exact = replay(dense, "h2o", 0.5, config=config)
+    fixed = replay(sparse_trace, FixedSchedule(exact.evicted_at), 0.5, config=config)
+    difference = np.abs(fixed.retained_mass.astype(np.float64) - exact.retained_mass)
+    assert difference.max() <= epsilon + ROUNDING
+    assert difference.max() > epsilon / 10 + ROUNDING  # a ten times tighter bound fails here
+
+
+@pytest.mark.model
+def test_cli_writes_a_sparse_trace(loaded, tmp_path, capsys):
+    out = tmp_path / "sparse.npz"
+    code = main(["--prompt", SHORT_TEXT, "--max-new-tokens", "3", "--layers", "0,29",
+                 "--encoding", "sparse", "--epsilon", "1e-3", "-o", str(out), "--no-progress"])  # fmt: skip
+    assert code == 0
+    trace = Trace.load(out)
+    assert trace.encoding == "sparse" and trace.format_version == 2 and trace.epsilon == 1e-3
+    assert (
+        trace.sparse_dtype == np.float32 and trace.has_values and trace.layers.tolist() == [0, 29]
+    )
+    assert trace.metadata["sparse"] == {"epsilon": 1e-3, "values_dtype": "float32"}
+    out_text = capsys.readouterr().out
+    assert "sparse (epsilon 0.001, float32)" in out_text and "kept " in out_text

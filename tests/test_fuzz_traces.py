@@ -31,7 +31,7 @@ from h2osim.files import printable
 from tests import fuzz_support as fz
 
 ROOT = Path(__file__).resolve().parents[1]
-ENCODINGS = ("float32", "float16", "quantized")
+ENCODINGS = ("float32", "float16", "quantized", "sparse")
 BASES = {encoding: fz.base_members(encoding) for encoding in ENCODINGS}
 STRUCTURE_EXAMPLES = 700
 BYTE_EXAMPLES = 300
@@ -50,8 +50,8 @@ def fuzz(examples: int) -> settings:
 KINDS = ("shape_lie", "dtype_lie", "header_noise", "header_claim", "truncate_member",
          "nested_json", "metadata_text", "pickle", "declared_bomb", "inflating_bomb",
          "consistent_giant", "duplicate", "unknown_member", "non_npy", "long_name", "method",
-         "encrypted", "crc_stored", "crc_claim", "head_dim0", "quantized_row", "zip_truncate",
-         "bitflip")  # fmt: skip
+         "encrypted", "crc_stored", "crc_claim", "head_dim0", "quantized_row", "sparse_row",
+         "zip_truncate", "bitflip")  # fmt: skip
 MESSAGE = re.compile(r"^[^\n]+$")
 
 
@@ -88,7 +88,9 @@ def structural_cases(draw) -> tuple[str, bytes, str]:
     """(kind, file bytes, expectation): expectation "fail" (must be a TraceError),
     "ok" (must load) or "either" (must not crash)."""
     kind = draw(st.sampled_from(KINDS))
-    encoding = "quantized" if kind == "quantized_row" else draw(st.sampled_from(ENCODINGS))
+    encoding = {"quantized_row": "quantized", "sparse_row": "sparse"}.get(kind) or draw(
+        st.sampled_from(ENCODINGS)
+    )
     compress = False if kind == "crc_stored" else draw(st.booleans())
     members = dict(BASES[encoding])
     names = sorted(members)
@@ -168,10 +170,16 @@ def structural_cases(draw) -> tuple[str, bytes, str]:
         members.update(giant)
         entries = [_entry(name, payload, compress) for name, payload in members.items()
                    if name.startswith(("attention.", "values.")) is False or name in giant]  # fmt: skip
-        item = {"float32": "<f4", "float16": "<f2", "quantized": "<u2"}[encoding]
+        item = {"float32": "<f4", "float16": "<f2", "quantized": "<u2", "sparse": None}[encoding]
+        index = "<u2" if n <= 65_536 else "<u4"
+        entries = [entry for entry in entries if not entry.name.startswith("attention_")]
         for layer in (0, 1):
-            for name, head_shape, descr_ in ((f"attention.L{layer}.npy", (heads, packed), item),
-                                             (f"values.L{layer}.npy", (2, n, 3), "<f2")):  # fmt: skip
+            giants = [(f"attention.L{layer}.npy", (heads, packed), item)] if item else [
+                (f"attention_offsets.L{layer}.npy", (heads * n + 1,), "<i8"),
+                (f"attention_indices.L{layer}.npy", (heads * packed,), index),
+                (f"attention_values.L{layer}.npy", (heads * packed,), "<f4"),
+                (f"attention_dropped.L{layer}.npy", (n, heads), "<f4")]  # fmt: skip
+            for name, head_shape, descr_ in giants + [(f"values.L{layer}.npy", (2, n, 3), "<f2")]:
                 body = fz.npy_header(descr_, head_shape)
                 nbytes = int(np.prod(head_shape)) * np.dtype(descr_).itemsize
                 stream, _ = fz.zero_bomb(
@@ -220,6 +228,19 @@ def structural_cases(draw) -> tuple[str, bytes, str]:
             flat[position] + 1 if flat[position] == 0 or draw(st.booleans()) else flat[position] - 1
         )
         members[target] = fz.npy_bytes(codes)
+    elif kind == "sparse_row":  # one CSR member made inconsistent (decoding would misindex)
+        part = draw(st.sampled_from(["offsets", "indices", "dropped"]))
+        target = f"attention_{part}.L{draw(st.sampled_from([0, 1]))}.npy"
+        array = np.load(__import__("io").BytesIO(members[target])).copy()
+        flat = array.reshape(-1)
+        position = draw(st.integers(1 if part == "offsets" else 0, flat.size - 1))
+        if part == "offsets":
+            flat[position] += draw(st.sampled_from([-2, -1, 1, 2, 10**12]))
+        elif part == "indices":
+            flat[position] = draw(st.integers(12, 65_535))  # past every row (n = 12)
+        else:
+            flat[position] = draw(st.sampled_from([0.5, -1e-3, np.nan, np.inf]))
+        members[target] = fz.npy_bytes(array)
     if entries is None:
         entries = [_entry(name, payload, compress) for name, payload in members.items()]
     blob = fz.zip_bytes(entries)

@@ -4,7 +4,9 @@
 ``--max-new-tokens`` tokens one at a time, and records every attention row of the
 chosen layers: prompt rows from the prefill (chunked, ``--prefill-chunk``), one row
 per decoded token after that, plus the value vectors left in the cache. The result is a
-trace in the v1 format (h2osim.trace) with metadata saying exactly how it was made.
+trace in the v1 format (h2osim.trace) with metadata saying exactly how it was made, or in
+the sparse v2 encoding (``sparse_epsilon``), whose rows are sparsified chunk by chunk as the
+model returns them, so only the kept entries are ever held.
 
 Follows the H2O paper's setting (Zhang et al. 2023, Sec. 3: attention of pre-trained
 models at inference) with transformers' eager attention, the only implementation that
@@ -26,7 +28,15 @@ from typing import Any
 
 import numpy as np
 
-from h2osim.trace import Trace, packed_size, row_start
+from h2osim.trace import (
+    SparseRows,
+    Trace,
+    packed_size,
+    row_start,
+    sparse_block_rows,
+    sparse_index_dtype,
+    sparsify_rows,
+)
 
 DEFAULT_MAX_TOKENS = 1024  # guard: a full 30-layer SmolLM2 trace at n=1024 is ~280 MB in fp16
 DEFAULT_PREFILL_CHUNK = 512  # bounds prefill memory: layers x heads x chunk x n attention floats
@@ -39,13 +49,14 @@ class Recording:
     token_ids: list[int]
     prompt_length: int
     layers: list[int]
-    attention: dict[int, np.ndarray]  # layer -> (H, n(n+1)/2), empty without capture
+    attention: dict[int, np.ndarray | SparseRows]  # layer -> (H, n(n+1)/2) or sparse rows
     values: dict[int, np.ndarray] | None  # layer -> (KVH, n, head_dim) float32
     stopped_at_eos: bool
     prefill_seconds: float
     decode_seconds: float
     cache: Any = field(default=None, repr=False)  # the model's DynamicCache after the run
     key_norms: dict[int, np.ndarray] | None = None  # layer -> (KVH, n) float32 L2 norms
+    epsilon: float | None = None  # the sparse encoding's epsilon (None: dense rows)
 
     @property
     def n(self) -> int:
@@ -123,6 +134,50 @@ class _RowStore:
         return {layer: packed[:, : packed_size(n)] for layer, packed in self.packed.items()}
 
 
+class _SparseRowStore(_RowStore):
+    """The row store of the sparse encoding: each block of rows is sparsified as it arrives
+    (:func:`h2osim.trace.sparsify_rows`) and only its kept entries are held, so memory is
+    bounded by what is stored, never by a dense ``n(n+1)/2`` triangle per head."""
+
+    def __init__(self, layers: Sequence[int], num_heads: int, n_max: int, dtype,
+                 epsilon: float) -> None:  # fmt: skip
+        self.layers = list(layers)
+        self.num_heads = num_heads
+        self.dtype = np.dtype(dtype)
+        self.epsilon = epsilon
+        self.pieces: dict[int, list[tuple[np.ndarray, ...]]] = {layer: [] for layer in self.layers}
+        self.window = (0, 0)
+
+    def add_layer(self, layer: int, weights, start: int, stop: int) -> None:
+        """One layer's rows ``start..stop-1`` (``weights`` (1, H, stop-start, stop), any
+        device), sparsified a block at a time on the CPU and appended in row order."""
+        if weights is None:
+            raise _no_weights(f"layer {layer} returned no attention weights")
+        want = (1, self.num_heads, stop - start, stop)
+        if tuple(weights.shape) != want:
+            raise ValueError(
+                f"layer {layer} returned attention of shape {tuple(weights.shape)} at rows "
+                f"{start}..{stop - 1}, expected {want}: a sliding-window or otherwise "
+                "limited cache cannot be traced; choose full-attention layers with --layers"
+            )
+        first = start
+        while first < stop:
+            count = min(stop - first, sparse_block_rows(first, self.num_heads, stop))
+            block = weights[0, :, first - start : first - start + count, : first + count]
+            rows = block.float().cpu().numpy()  # (H, count, first+count): a view on the CPU
+            counts, indices, values, dropped = sparsify_rows(rows, first, self.epsilon, self.dtype)
+            self.pieces[layer].append((counts, indices.astype(np.uint32), values, dropped))
+            first += count
+
+    def truncated(self, n: int) -> dict[int, SparseRows]:
+        """Every layer's rows as :class:`SparseRows` (rows arrive in order: all n are here)."""
+        rows = {}
+        for layer in self.layers:
+            rows[layer] = SparseRows.concatenate(self.pieces[layer], sparse_index_dtype(n))
+            self.pieces[layer] = []  # the joined arrays replace the pieces
+        return rows
+
+
 def _torch_dtype(dtype):
     import torch
 
@@ -175,6 +230,7 @@ def record(
     prefill_chunk: int | None = DEFAULT_PREFILL_CHUNK,
     attention_dtype=np.float32,
     progress: bool = False,
+    sparse_epsilon: float | None = None,
 ) -> Recording:
     """Run ``model`` over ``prompt_ids`` then decode, recording attention rows.
 
@@ -182,7 +238,9 @@ def record(
     or replays ``forced_tokens`` (teacher forcing; used to time the same tokens with and
     without capture). Decoding stops after a token in ``stop_token_ids`` (that token's
     row is recorded). ``capture=False`` runs the identical loop without asking for
-    attention weights - the benchmark's baseline.
+    attention weights - the benchmark's baseline. With ``sparse_epsilon`` the rows are
+    stored in the sparse encoding as they arrive (values in ``attention_dtype``; see
+    :class:`_SparseRowStore`): memory holds only the kept entries.
     """
     import torch
     from tqdm import tqdm
@@ -213,7 +271,13 @@ def record(
     device = next(model.parameters()).device
     prompt_length = len(prompt)
     n_max = prompt_length + max_new_tokens
-    store = _RowStore(chosen, num_heads, n_max, attention_dtype) if capture else None
+    if sparse_epsilon is not None and not capture:
+        raise ValueError("sparse_epsilon needs capture=True")
+    store: _RowStore | None = None
+    if capture and sparse_epsilon is not None:
+        store = _SparseRowStore(chosen, num_heads, n_max, attention_dtype, sparse_epsilon)
+    elif capture:
+        store = _RowStore(chosen, num_heads, n_max, attention_dtype)
     modules = attention_modules(model, num_layers) if capture else None
     hooks = ([modules[layer].register_forward_hook(store.hook(layer)) for layer in chosen]
              if modules is not None and store is not None else [])  # fmt: skip
@@ -288,7 +352,7 @@ def record(
         token_ids=token_ids, prompt_length=prompt_length, layers=chosen,
         attention=store.truncated(n) if store is not None else {}, values=values,
         stopped_at_eos=stopped, prefill_seconds=prefill_seconds, decode_seconds=decode_seconds,
-        cache=cache, key_norms=key_norms,
+        cache=cache, key_norms=key_norms, epsilon=sparse_epsilon,
     )  # fmt: skip
 
 
@@ -342,5 +406,5 @@ def to_trace(recording: Recording, tokenizer, info, metadata: dict[str, Any] | N
         recording.attention, head_map=info.head_map, token_ids=recording.token_ids,
         tokens=token_pieces(tokenizer, recording.token_ids), prompt_length=recording.prompt_length,
         layers=recording.layers, values=recording.values, metadata=full_metadata, validate=validate,
-        key_norms=recording.key_norms,
+        key_norms=recording.key_norms, epsilon=recording.epsilon,
     )  # fmt: skip
