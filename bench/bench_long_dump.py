@@ -9,6 +9,16 @@ layer's attention of one chunk at a time (the recorder's hooks).
 
     python bench/bench_long_dump.py                                  # n = 1024 ... 8192
     python bench/bench_long_dump.py --sizes 1024,2048 --layers 0,15,29 --out-dir /tmp/long
+
+Encodings (issue #16, item 2): ``--convert`` re-encodes each dump (best made in float32,
+the exact rows) into every listed encoding and prints file sizes side by side; with
+``--replay`` it also replays each policy on the dense dump and on every sparse copy and
+prints what epsilon bounds - the largest change of a row's retained mass under the dense
+replay's own (fixed) eviction schedule, and of the summary - and how often the policy,
+running on the sparse rows itself, evicts a token at a different step:
+
+    python bench/bench_long_dump.py --sizes 4096 --encoding float32 \
+        --convert float32,float16,quantized,sparse:1e-4,sparse:1e-3 --replay h2o,tova
 """
 
 from __future__ import annotations
@@ -19,6 +29,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 CHILD = """
 import json, resource, runpy, sys, time
@@ -45,6 +57,13 @@ def main() -> None:
     parser.add_argument("--encoding", default="float16", help="trace encoding (default float16)")
     parser.add_argument("--prefill-chunk", type=int, default=512)
     parser.add_argument("--out-dir", default=".cache/long", help="where traces go (git-ignored)")
+    parser.add_argument("--convert", metavar="LIST",
+                        help="re-encode each dump: e.g. float32,float16,quantized,sparse:1e-4")  # fmt: skip
+    parser.add_argument("--replay", metavar="POLICIES",
+                        help="with --convert: replay these policies on the dense and sparse copies")  # fmt: skip
+    parser.add_argument("--budget", type=float, default=0.2, help="replay budget (default 0.2)")
+    parser.add_argument("--existing", action="store_true",
+                        help="reuse bench-N.npz already in --out-dir instead of dumping")  # fmt: skip
     args = parser.parse_args()
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -57,6 +76,10 @@ def main() -> None:
     layers = len(args.layers.split(","))
     for n in (int(part) for part in args.sizes.split(",")):
         target = out / f"bench-{n}.npz"
+        if args.existing and target.exists():
+            print(f"{n:>6} (existing {target}, {target.stat().st_size / 1e6:.1f} MB)")
+            encodings(target, args)
+            continue
         argv = [*text, "--truncate", str(n), "--max-new-tokens", "0", "--max-tokens", str(n),
                 "--layers", args.layers, "--encoding", args.encoding, "--prefill-chunk",
                 str(args.prefill_chunk), "--no-progress", "-o", str(target)]  # fmt: skip
@@ -68,9 +91,75 @@ def main() -> None:
             print(f"{n:>6} failed: {child.stderr.strip().splitlines()[-1:]}", flush=True)
             continue
         report = json.loads(lines[-1][6:])
-        store = layers * 9 * n * (n + 1) / 2 * (2 if args.encoding == "float16" else 4) / 1e6
+        item = {"float16": 2, "quantized": 2}.get(args.encoding, 4)  # sparse: at most the dense
+        store = layers * 9 * n * (n + 1) / 2 * item / 1e6
         print(f"{n:>6} {time.perf_counter() - started:8.1f} {report['peak_rss_mb']:12.0f} "
               f"{target.stat().st_size / 1e6:8.1f} {store:9.0f}", flush=True)  # fmt: skip
+        encodings(target, args)
+
+
+def fixed_schedule(evicted_at: np.ndarray):
+    """A policy that replays a given schedule (``evicted_at``, (units, n)): the same
+    evictions on another encoding of the trace."""
+    from h2osim.policies.base import Policy
+
+    class FixedSchedule(Policy):
+        name = "fixed-schedule"
+
+        def evict(self, t: int, kept: np.ndarray, count: int) -> np.ndarray:
+            return np.stack([np.flatnonzero(row == t) for row in evicted_at])
+
+    return FixedSchedule()
+
+
+def encodings(source: Path, args: argparse.Namespace) -> None:
+    """--convert / --replay on one dump (in this process; one layer at a time)."""
+    if not args.convert:
+        return
+    from h2osim.dump import sparse_summary
+    from h2osim.trace import SPARSE, Trace, packed_size
+
+    dense = Trace.load(source, validate=False)
+    entries = len(dense.layers) * dense.num_heads * packed_size(dense.n)
+    print(f"\n{source}: {dense.describe()}; {entries:,} attention entries")
+    print(f"{'encoding':>14} {'file MB':>8} {'vs float16':>10} {'save s':>7}  notes")
+    copies, sizes = {}, {}
+    for spec in args.convert.split(","):
+        name, _, epsilon = spec.partition(":")
+        target = source.with_name(f"{source.stem}-{spec.replace(':', '-')}.npz")
+        options = {"epsilon": float(epsilon)} if name == SPARSE and epsilon else {}
+        started = time.perf_counter()
+        dense.save(target, encoding=name, **options)
+        seconds = time.perf_counter() - started
+        sizes[spec] = target.stat().st_size / 1e6
+        copy = Trace.load(target, validate=False)
+        note = sparse_summary(copy) if name == SPARSE else ""
+        if name == SPARSE:
+            copies[spec] = copy
+        reference = sizes.get("float16")
+        ratio = f"{sizes[spec] / reference:10.2f}" if reference else f"{'-':>10}"
+        print(f"{spec:>14} {sizes[spec]:8.1f} {ratio} {seconds:7.1f}  {note}", flush=True)
+    if not args.replay:
+        return
+    from h2osim.engine import ReplayConfig, replay
+
+    config = ReplayConfig(output_error=False)
+    print(f"\nreplay at budget {args.budget}: per-row retained mass under the dense replay's "
+          "schedule; decisions of the policy run on the sparse rows")  # fmt: skip
+    print(f"{'policy':>8} {'encoding':>14} {'max row diff':>13} {'/ epsilon':>9} "
+          f"{'summary diff':>13} {'own summary diff':>16} {'evictions differ':>16}")  # fmt: skip
+    for policy in args.replay.split(","):
+        exact = replay(dense, policy, args.budget, config=config)
+        for spec, copy in copies.items():
+            fixed = replay(copy, fixed_schedule(exact.evicted_at), args.budget, config=config)
+            rows = np.abs(fixed.retained_mass.astype(np.float64) - exact.retained_mass)
+            own = replay(copy, policy, args.budget, config=config)
+            evicted = exact.evicted_at >= 0
+            differ = float(np.mean(own.evicted_at[evicted] != exact.evicted_at[evicted]))
+            print(f"{policy:>8} {spec:>14} {rows.max():13.2e} {rows.max() / copy.epsilon:9.3f} "
+                  f"{abs(fixed.summary['retained_mass'] - exact.summary['retained_mass']):13.2e} "
+                  f"{abs(own.summary['retained_mass'] - exact.summary['retained_mass']):16.2e} "
+                  f"{differ:16.2%}", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -192,10 +192,12 @@ def run(args: argparse.Namespace, command: str = "") -> int:
     storage = _storage(args, "float16")
     storage["values_dtype"] = storage["values_dtype"] or "float16"
     sparse = storage["encoding"] == SPARSE
+    epsilon = sparse_dtype = None
     if sparse:
         epsilon = DEFAULT_EPSILON if args.epsilon is None else args.epsilon
         sparse_dtype = storage["sparse_dtype"] or "float32"
         storage.update(epsilon=None, sparse_dtype=None)  # the recorder applies them
+    row_dtype = np.float16 if (sparse_dtype or storage["encoding"]) == "float16" else np.float32
     layer_spec = parse_layers(args.layers)
     if args.max_new_tokens < 0:
         raise ValueError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
@@ -224,9 +226,7 @@ def run(args: argparse.Namespace, command: str = "") -> int:
         store_values=not args.no_values, seed=args.seed, temperature=args.temperature,
         stop_token_ids=() if args.ignore_eos else stop_tokens(model, tokenizer),
         prefill_chunk=args.prefill_chunk,
-        attention_dtype=np.float16 if (sparse_dtype if sparse else storage["encoding"]) == "float16"
-        else np.float32,
-        progress=progress, sparse_epsilon=epsilon if sparse else None,
+        attention_dtype=row_dtype, progress=progress, sparse_epsilon=epsilon,
     )  # fmt: skip
     generation = {
         "mode": "sampled" if args.seed is not None else "greedy", "seed": args.seed,

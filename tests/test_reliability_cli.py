@@ -516,7 +516,7 @@ class ReachedModel(Exception):
 
 MODEL_FLAGS = {
     "h2osim.dump": ["--max-new-tokens", "--seed", "--temperature", "--max-tokens", "--prefill-chunk",
-                    "--levels", "--truncate", "--layers"],
+                    "--levels", "--truncate", "--layers", "--epsilon"],
     "h2osim.live": ["--budget", "--generate", "--prompt-length", "--prefill-chunk", "--batch",
                     "--max-tokens", "--truncate", "--heavy-ratio", "--forgetting", "--history"],
 }  # fmt: skip

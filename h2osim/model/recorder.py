@@ -145,6 +145,7 @@ class _SparseRowStore(_RowStore):
         self.num_heads = num_heads
         self.dtype = np.dtype(dtype)
         self.epsilon = epsilon
+        self.index_dtype = sparse_index_dtype(n_max)  # n <= n_max: uint16 up to 65,536 tokens
         self.pieces: dict[int, list[tuple[np.ndarray, ...]]] = {layer: [] for layer in self.layers}
         self.window = (0, 0)
 
@@ -166,7 +167,7 @@ class _SparseRowStore(_RowStore):
             block = weights[0, :, first - start : first - start + count, : first + count]
             rows = block.float().cpu().numpy()  # (H, count, first+count): a view on the CPU
             counts, indices, values, dropped = sparsify_rows(rows, first, self.epsilon, self.dtype)
-            self.pieces[layer].append((counts, indices.astype(np.uint32), values, dropped))
+            self.pieces[layer].append((counts, indices.astype(self.index_dtype), values, dropped))
             first += count
 
     def truncated(self, n: int) -> dict[int, SparseRows]:
