@@ -91,10 +91,16 @@ def main() -> None:
             print(f"{n:>6} failed: {child.stderr.strip().splitlines()[-1:]}", flush=True)
             continue
         report = json.loads(lines[-1][6:])
-        item = {"float16": 2, "quantized": 2}.get(args.encoding, 4)  # sparse: at most the dense
-        store = layers * 9 * n * (n + 1) / 2 * item / 1e6
+        item = {"float16": 2, "float32": 4}.get(args.encoding)  # quantized: float32 rows
+        store = f"{layers * 9 * n * (n + 1) / 2 * (item or 4) / 1e6:9.0f}"
+        if args.encoding == "sparse":  # the kept entries only, read back from the file
+            from h2osim.trace import Trace
+
+            written = Trace.load(target, validate=False)
+            kept = sum(written.sparse_layer(int(layer)).nnz for layer in written.layers)
+            store = f"{kept * (2 + written.sparse_dtype.itemsize) / 1e6:9.0f}"
         print(f"{n:>6} {time.perf_counter() - started:8.1f} {report['peak_rss_mb']:12.0f} "
-              f"{target.stat().st_size / 1e6:8.1f} {store:9.0f}", flush=True)  # fmt: skip
+              f"{target.stat().st_size / 1e6:8.1f} {store}", flush=True)  # fmt: skip
         encodings(target, args)
 
 
