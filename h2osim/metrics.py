@@ -101,8 +101,12 @@ def kept_matrix(evicted_at: np.ndarray) -> np.ndarray:
 
 
 def full_output(attention: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Full-cache attention output per row, ``(n, d)``: rows ``(n, n)`` normalised by their sums."""
-    total = attention.sum(axis=1, keepdims=True)
+    """Full-cache attention output per row, ``(n, d)`` float64: rows ``(n, n)`` normalised by
+    their sums. Float64 because a head's output can cancel to ~0 (values of both signs): in
+    float32 the rounding left over is then ~1e-7, which the relative error below would
+    divide by its 1e-6 floor (Hypothesis found such a row: error 0.08 instead of 0)."""
+    values = np.asarray(values, dtype=np.float64)
+    total = attention.sum(axis=1, keepdims=True, dtype=np.float64)
     return (attention @ values) / np.where(total > 0, total, 1.0)
 
 
@@ -117,8 +121,9 @@ def output_error(
     Example: row [0.5, 0.2, 0.3], values [[1,0],[0,1],[1,1]], kept [1, 0, 1] -> 0.25.
     """
     full = full_output(attention, values) if full is None else full
+    values = np.asarray(values, dtype=np.float64)  # float64, as full_output
     masked = attention * kept  # (n, n)
-    kept_mass = masked.sum(axis=1, keepdims=True)
+    kept_mass = masked.sum(axis=1, keepdims=True, dtype=np.float64)
     kept_out = (masked @ values) / np.where(kept_mass > 0, kept_mass, 1.0)
     difference = np.linalg.norm(full - kept_out, axis=1)
     return difference / np.maximum(np.linalg.norm(full, axis=1), OUTPUT_NORM_FLOOR)
