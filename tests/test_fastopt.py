@@ -1,5 +1,6 @@
 """The cost-scaled exact solver (h2osim.fastopt) against scipy's assignment, the LPs and
-brute force, on random, tied and real attention; warm starts never change the answer."""
+brute force, on random, tied and real attention; warm starts never change the answer; the
+sparse method's pricing certificate is what makes it exact (without it, it is wrong)."""
 
 from __future__ import annotations
 
@@ -77,13 +78,14 @@ def test_agrees_with_linear_sum_assignment_on_random_and_tied_rows(weights, data
 @settings(max_examples=25)
 @given(weights=weight_matrices(max_n=30, min_n=3), levels=st.integers(0, 6),
        factor=st.sampled_from((2.0, 8.0, 32.0, 1e3)),
-       delta=st.sampled_from((None, 1e-12, 1e-3, 1.0, 1e6)))  # fmt: skip
-def test_warm_starts_change_the_time_never_the_answer(weights, levels, factor, delta):
+       delta=st.sampled_from((None, 1e-12, 1e-3, 1.0, 1e6)),
+       method=st.sampled_from(("sparse", "dense")))  # fmt: skip
+def test_warm_starts_change_the_time_never_the_answer(weights, levels, factor, delta, method):
     n = len(weights)
     counts = oracles.eviction_counts(n, max(1, n // 4), n)
     slots = np.repeat(np.arange(n), counts)
     tokens = assign_slots(oracles.future_mass(weights), slots, levels=levels, factor=factor,
-                          delta=delta)  # fmt: skip
+                          delta=delta, method=method)  # fmt: skip
     assert len(set(tokens.tolist())) == len(tokens) and np.all(tokens < slots)
     best = oracles.solve_assignment(weights, counts).retained
     assert weights.sum() - cost(weights, counts, tokens) == pytest.approx(best, abs=EXACT)
@@ -101,6 +103,7 @@ def test_agrees_on_a_long_synthetic_head(encoding):
         slots = np.repeat(np.arange(400), counts)
         tokens = assign_slots(oracles.future_mass(weights), slots, stats=stats)
         assert [level["grid"] for level in stats][-1] == 0.0  # the last level is exact
+        assert stats[-1]["certified"]  # the sparse graph's duals price the whole matrix
         fast = weights.sum() - cost(weights, counts, tokens)
         assert fast == pytest.approx(oracles.solve_assignment(weights, counts).retained, abs=EXACT)
 
@@ -126,6 +129,59 @@ def test_the_cross_check_catches_a_solver_that_stops_at_a_coarse_grid():
     coarse = assign_slots(oracles.future_mass(weights), slots, levels=1, delta=0.05, exact=False)
     best = oracles.solve_assignment(weights, counts).retained
     assert weights.sum() - cost(weights, counts, coarse) < best - 1e-6
+
+
+@settings(max_examples=40)
+@given(weights=weight_matrices(max_n=40, min_n=2), data=st.data())
+def test_the_pricing_loop_alone_reaches_the_optimum(weights, data):
+    """One candidate token per slot and one priced entry per slot and round: almost every
+    optimal entry must come from pricing, in both prompt modes, on random and tied rows.
+    The result carries the certificate and equals linear_sum_assignment's optimum."""
+    n = len(weights)
+    if data.draw(st.booleans(), label="quantize"):
+        weights = quantized(weights)
+    budget, prompt = data.draw(st.integers(1, n - 1)), data.draw(st.integers(1, n - 1))
+    counts = oracles.eviction_counts(
+        n, budget, prompt, data.draw(st.sampled_from(("stream", "full")))
+    )
+    slots = np.repeat(np.arange(n), counts)  # budget < n and a step after the prompt: >= 1 slot
+    stats: list[dict[str, float]] = []
+    tokens = assign_slots(oracles.future_mass(weights), slots, width=1, per_row=1,
+                          levels=data.draw(st.integers(0, 3)), stats=stats)  # fmt: skip
+    assert stats[-1]["certified"] and "dense" not in stats[-1]
+    assert len(set(tokens.tolist())) == len(tokens) and np.all(tokens < slots)
+    best = oracles.solve_assignment(weights, counts).retained
+    assert weights.sum() - cost(weights, counts, tokens) == pytest.approx(best, abs=EXACT)
+
+
+def test_an_uncertified_sparse_solve_is_finished_by_the_dense_search():
+    """Too few pricing rounds to certify: the dense exact search takes over from the sparse
+    duals, and the answer is still the optimum."""
+    weights = synthetic_head(200, seed=4)
+    counts = oracles.eviction_counts(200, 40, 200)
+    slots = np.repeat(np.arange(200), counts)
+    stats: list[dict[str, float]] = []
+    tokens = assign_slots(oracles.future_mass(weights), slots, width=1, per_row=1, levels=0,
+                          max_rounds=1, stats=stats)  # fmt: skip
+    assert stats[-2]["certified"] is False and stats[-2]["rounds"] == 1
+    assert stats[-1].get("dense") and stats[-1]["grid"] == 0.0
+    best = oracles.solve_assignment(weights, counts).retained
+    assert weights.sum() - cost(weights, counts, tokens) == pytest.approx(best, abs=EXACT)
+
+
+def test_the_cross_check_catches_a_sparse_solve_without_its_certificate():
+    """The pricing is what makes the sparse method exact: the optimum of the candidate
+    graph alone (one cheapest token per slot, no pricing of the rest) is a worse schedule,
+    and the comparison with linear_sum_assignment sees it."""
+    weights = synthetic_head(200, seed=1)
+    counts = oracles.eviction_counts(200, 40, 200)
+    slots = np.repeat(np.arange(200), counts)
+    stats: list[dict[str, float]] = []
+    tokens = assign_slots(oracles.future_mass(weights), slots, width=1, levels=0,
+                          certify=False, stats=stats)  # fmt: skip
+    assert not stats[-1]["certified"]
+    best = oracles.solve_assignment(weights, counts).retained
+    assert weights.sum() - cost(weights, counts, tokens) < best - 1e-6
 
 
 def test_tie_rich_rows_go_to_linear_sum_assignment():
