@@ -22,6 +22,13 @@ equally short. Given the optimal duals the same search finds every row's path at
 3. **Square form.** Tokens that are never evicted are matched to ``tokens - slots``
    dummy slots of cost 0, so every token is matched and column duals may start
    anywhere (warm starts are sound); dummy rows are never stored.
+4. **Dual repair** between levels (:func:`_repair`): a row whose old token is no longer
+   its cheapest is kept anyway when no other row prices that token below the row's slack
+   (raising the token's dual by the slack keeps every reduced cost >= 0). Measured: 10-25%
+   fewer augmentations on the fine levels; the time is within the machine's noise.
+5. **Certificate** (:func:`certificate`): the plan's cost minus the LP dual bound of the
+   search's own token duals - O(n^2), no second solver - bounds its distance from the
+   optimum, so exactness can be checked at any n (bench/bench_opt.py prints it).
 
 On quantized rows (few distinct values: :func:`tie_rich`) scipy's search is already fast
 and :func:`h2osim.oracles.solve_fast` calls it instead. Simplifications: one unit at a time; exact to float64 rounding of ``F`` (the result is
