@@ -60,7 +60,9 @@ def future_mass(weights: np.ndarray) -> np.ndarray:
     Example: W = [[1, 0], [0.25, 0.75]] -> F = [[1.25, 0.75], [0.25, 0.75]].
     """
     weights = np.asarray(weights, dtype=np.float64)
-    return np.cumsum(weights[::-1], axis=0)[::-1]
+    future = np.empty_like(weights)  # C-contiguous: the numba solver reads it without a copy
+    np.cumsum(weights[::-1], axis=0, out=future[::-1])
+    return future
 
 
 def kept_mask(evicted_at: np.ndarray) -> np.ndarray:
@@ -163,13 +165,17 @@ def solve_assignment(weights: np.ndarray, counts: np.ndarray) -> Schedule:
     return _schedule(weights, evicted_at, counts)
 
 
-def solve_fast(weights: np.ndarray, counts: np.ndarray) -> Schedule:
+def solve_fast(
+    weights: np.ndarray, counts: np.ndarray, *, duals: dict[str, np.ndarray] | None = None
+) -> Schedule:
     """The optimum by :func:`h2osim.fastopt.assign_slots`: the same assignment as
     :func:`solve_assignment`, solved by cost-scaled shortest augmenting paths over ``F``
     read in place (several times faster on continuous attention at n >= 2048; see
     docs/long-context.md). Rows with many tied values (the quantized encoding) go to
     :func:`solve_assignment`, which ties already make fast. Same example: W = [[1, 0, 0], [0.5, 0.5, 0], [0.9, 0, 0.1]],
-    counts [0, 0, 1] -> evict token 1 at step 2 (it loses 0), retained 3.0.
+    counts [0, 0, 1] -> evict token 1 at step 2 (it loses 0), retained 3.0. ``duals``, when
+    given, receives the token duals ``"v"`` that :func:`h2osim.fastopt.certificate` checks
+    the plan with (not for tie-rich rows, which linear_sum_assignment solves).
     """
     from h2osim.fastopt import assign_slots, tie_rich
 
@@ -180,7 +186,7 @@ def solve_fast(weights: np.ndarray, counts: np.ndarray) -> Schedule:
     evicted_at = np.full(n, -1, dtype=np.int64)
     slots = _slots(counts)
     if len(slots):
-        evicted_at[assign_slots(future_mass(weights), slots)] = slots
+        evicted_at[assign_slots(future_mass(weights), slots, duals=duals)] = slots
     return _schedule(weights, evicted_at, counts)
 
 

@@ -1,5 +1,7 @@
 """The cost-scaled exact solver (h2osim.fastopt) against scipy's assignment, the LPs and
-brute force, on random, tied and real attention; warm starts never change the answer."""
+brute force, on random, tied and real attention; warm starts (with or without the dual
+repair) never change the answer; the weak-duality certificate passes every optimum and
+fails every non-optimal plan."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from hypothesis import strategies as st
 
 from h2osim import oracles
 from h2osim.engine import ReplayConfig
-from h2osim.fastopt import assign_slots
+from h2osim.fastopt import assign_slots, certificate
 from h2osim.synthetic import synthetic_trace
 from h2osim.trace import Trace, pack_lower, quantize_rows, unpack_lower
 from tests.strategies import eviction_problems, weight_matrices
@@ -77,13 +79,14 @@ def test_agrees_with_linear_sum_assignment_on_random_and_tied_rows(weights, data
 @settings(max_examples=25)
 @given(weights=weight_matrices(max_n=30, min_n=3), levels=st.integers(0, 6),
        factor=st.sampled_from((2.0, 8.0, 32.0, 1e3)),
-       delta=st.sampled_from((None, 1e-12, 1e-3, 1.0, 1e6)))  # fmt: skip
-def test_warm_starts_change_the_time_never_the_answer(weights, levels, factor, delta):
+       delta=st.sampled_from((None, 1e-12, 1e-3, 1.0, 1e6)),
+       repair=st.booleans())  # fmt: skip
+def test_warm_starts_change_the_time_never_the_answer(weights, levels, factor, delta, repair):
     n = len(weights)
     counts = oracles.eviction_counts(n, max(1, n // 4), n)
     slots = np.repeat(np.arange(n), counts)
     tokens = assign_slots(oracles.future_mass(weights), slots, levels=levels, factor=factor,
-                          delta=delta)  # fmt: skip
+                          delta=delta, repair=repair)  # fmt: skip
     assert len(set(tokens.tolist())) == len(tokens) and np.all(tokens < slots)
     best = oracles.solve_assignment(weights, counts).retained
     assert weights.sum() - cost(weights, counts, tokens) == pytest.approx(best, abs=EXACT)
@@ -126,6 +129,67 @@ def test_the_cross_check_catches_a_solver_that_stops_at_a_coarse_grid():
     coarse = assign_slots(oracles.future_mass(weights), slots, levels=1, delta=0.05, exact=False)
     best = oracles.solve_assignment(weights, counts).retained
     assert weights.sum() - cost(weights, counts, coarse) < best - 1e-6
+
+
+@settings(max_examples=40)
+@given(weights=weight_matrices(max_n=40, min_n=2), data=st.data())
+def test_the_certificate_passes_every_optimum_and_no_other_plan(weights, data):
+    """The solver's own duals certify its plan (gap at rounding level) on random and tied
+    rows in both prompt modes; any other plan's certified gap is at least its true excess
+    over the optimum, so a non-optimal plan can never pass."""
+    n = len(weights)
+    if data.draw(st.booleans(), label="quantize"):
+        weights = quantized(weights)
+    budget, prompt = data.draw(st.integers(1, n - 1)), data.draw(st.integers(1, n - 1))
+    counts = oracles.eviction_counts(
+        n, budget, prompt, data.draw(st.sampled_from(("stream", "full")))
+    )
+    slots = np.repeat(np.arange(n), counts)  # budget < n and a step after the prompt: >= 1 slot
+    future = oracles.future_mass(weights)
+    duals: dict[str, np.ndarray] = {}
+    tokens = assign_slots(future, slots, duals=duals, levels=data.draw(st.integers(0, 3)))
+    assert abs(certificate(future, slots, tokens, duals["v"])) <= EXACT  # rounding level
+    best = weights.sum() - oracles.solve_assignment(weights, counts).retained
+    other = oracles.belady_schedule(weights, counts).victims(counts)  # one feasible plan
+    excess = cost(weights, counts, other) - best
+    gap = certificate(future, slots, other, duals["v"])
+    assert gap >= excess - EXACT
+    assert certificate(future, slots, other, np.zeros_like(duals["v"])) >= excess - EXACT
+
+
+def test_the_certificate_catches_the_coarse_plan_that_the_cross_check_catches():
+    """The plan the search returns without its exact level is worse than the optimum; its
+    certificate says so with the same duals that certify the optimal plan."""
+    weights = synthetic_head(200, seed=1)
+    counts = oracles.eviction_counts(200, 40, 200)
+    slots = np.repeat(np.arange(200), counts)
+    future = oracles.future_mass(weights)
+    duals: dict[str, np.ndarray] = {}
+    best = assign_slots(future, slots, duals=duals)
+    coarse = assign_slots(future, slots, levels=1, delta=0.05, exact=False)
+    assert certificate(future, slots, best, duals["v"]) <= EXACT
+    excess = cost(weights, counts, coarse) - cost(weights, counts, best)
+    assert excess > 1e-6 and certificate(future, slots, coarse, duals["v"]) >= excess - EXACT
+    with pytest.raises(ValueError, match="distinct"):
+        certificate(future, slots, np.zeros(len(slots), np.int64), duals["v"])
+
+
+def test_repair_keeps_more_rows_between_levels():
+    """The dual repair only ever keeps rows the plain warm start would drop: fewer
+    augmentations on the levels after the first, same optimum."""
+    weights = synthetic_head(300, seed=5)
+    counts = oracles.eviction_counts(300, 60, 300)
+    slots = np.repeat(np.arange(300), counts)
+    future = oracles.future_mass(weights)
+    runs = {}
+    for repair in (True, False):
+        stats: list[dict[str, float]] = []
+        runs[repair] = (assign_slots(future, slots, repair=repair, stats=stats), stats)
+    with_repair = sum(level["augmentations"] for level in runs[True][1][1:])
+    without = sum(level["augmentations"] for level in runs[False][1][1:])
+    assert with_repair < without
+    assert cost(weights, counts, runs[True][0]) == pytest.approx(cost(weights, counts, runs[False][0]),
+                                                               abs=EXACT)  # fmt: skip
 
 
 def test_tie_rich_rows_go_to_linear_sum_assignment():
