@@ -189,9 +189,10 @@ def build_payload(measured: Measurements, command: str, seconds: float) -> dict[
                       "config": "teacher forcing, stream prompt mode, sum aggregation, float32 CPU"}
                      if measured.live else None),
         },
-        "claims": rows, "notes": notes,
+        "claims": rows, "notes": notes, "grid": dict(measured.grid),
         "details": {"sweep": measured.sweep, "paths": measured.paths + measured.path_defaults,
                     "live": measured.live, "observe": measured.observe,
+                    "long": measured.long, "needle": measured.needle,
                     "early_share": {name: {k: b[k] for k in ("early_share", "uniform_early_share", "sink_share")}
                                     for name, b in measured.bias.items()}},
     }  # fmt: skip
