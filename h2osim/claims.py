@@ -96,9 +96,7 @@ def run(args: argparse.Namespace, command: str = "python -m h2osim.claims") -> i
         from h2osim.store import ResultStore
 
         store = ResultStore(args.store or Path(args.root) / STORE)
-    options = {"long": args.long, "long_dir": args.long_dir,
-               "long_command": "python -m h2osim.claims --long" + (
-                   f" --long-dir {shlex.quote(args.long_dir)}" if args.long_dir != LONG_DIR else "")}  # fmt: skip
+    options = {"long": args.long, "long_dir": args.long_dir, "long_command": command}
     if args.from_json:
         source = Path(args.from_json)
         payload = load_payload(source)
