@@ -448,6 +448,11 @@ def test_cli_from_json_rewrites_the_readme_between_markers(quick_run, tmp_path):
         (["--from-json", "no/such/claims.json"], "no/such/claims.json"),
         (["--root", "/nonexistent", "--no-live"], "run from the repository root"),
         (["--quick", "--live-n", "4"], "--live-n must be >= 16"),
+        (["--store", "x", "--no-store", "--no-live"], "--store and --no-store exclude each other"),
+        (
+            ["--quick", "--no-live", "--store", str(REPO / "README.md")],
+            "is a file, not a store folder",
+        ),
     ],
 )
 def test_cli_errors_are_one_line(argv, message, capsys):
