@@ -26,8 +26,12 @@ from h2osim.studies.claims import (
     load_payload,
     measure,
     needed_measurements,
+    rejudge,
     write_outputs,
 )
+from h2osim.studies.claims.measurements import LONG_DIR, LONG_JSON, Measurements, measure_long
+
+STORE = ".cache/claims/store"  # the default results store, under --root
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,6 +64,20 @@ def build_parser() -> argparse.ArgumentParser:
                              "its claims.md and the README block")  # fmt: skip
     parser.add_argument("--root", default=".", metavar="DIR",
                         help="repository root holding traces/ (default: the current folder)")  # fmt: skip
+    parser.add_argument("--store", metavar="PATH",
+                        help=f"results store (h2osim.store) the sweep's replays are read from and "
+                             f"written to: a second run replays only what is missing (default "
+                             f"ROOT/{STORE})")  # fmt: skip
+    parser.add_argument("--no-store", action="store_true",
+                        help="replay the sweep in this process and keep nothing")  # fmt: skip
+    parser.add_argument("--long", action="store_true",
+                        help=f"re-measure the long-context rows (n = 4096: observe, bias, h2o/belady/opt "
+                             f"at 20%%; ~15 min) from the traces in --long-dir and rewrite {LONG_JSON}; "
+                             f"without it those rows read {LONG_JSON}. With --from-json: only that, "
+                             "then re-render")  # fmt: skip
+    parser.add_argument("--long-dir", default=LONG_DIR, metavar="DIR",
+                        help=f"folder of prose-4096.npz and code-4096.npz, relative to --root (default "
+                             f"{LONG_DIR}; docs/long-context.md dumps them)")  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
 
@@ -71,9 +89,19 @@ def run(args: argparse.Namespace, command: str = "python -m h2osim.claims") -> i
     readme = None
     if not args.no_readme and (args.readme or not args.quick):
         readme = Path(args.readme or Path(args.root) / "README.md")
+    if args.store and args.no_store:
+        raise ValueError("--store and --no-store exclude each other")
+    store = None
+    if not args.no_store and not (args.from_json and not args.long):
+        from h2osim.store import ResultStore
+
+        store = ResultStore(args.store or Path(args.root) / STORE)
+    options = {"long": args.long, "long_dir": args.long_dir, "long_command": command}
     if args.from_json:
         source = Path(args.from_json)
         payload = load_payload(source)
+        if args.long:
+            _remeasure_long(payload, settings, store, Path(args.root), options)
         out_dir = Path(args.out_dir) if args.out_dir else source.parent
         for line in write_outputs(payload, out_dir, readme):
             print(line)
@@ -85,8 +113,13 @@ def run(args: argparse.Namespace, command: str = "python -m h2osim.claims") -> i
                                 "run from the repository root or give --root")  # fmt: skip
     started = time.perf_counter()
     measured = measure(settings, live=not args.no_live, progress=not args.no_progress,
-                       root=Path(args.root), needs=needed_measurements())  # fmt: skip
+                       root=Path(args.root), needs=needed_measurements(), store=store,
+                       **options)  # fmt: skip
     payload = build_payload(measured, command, time.perf_counter() - started)
+    grid = measured.grid
+    where = f"store {store.path}" if store is not None else "no store"
+    print(f"sweep: {grid['cells']} grid cells, {grid['computed']} computed, {grid['reused']} read "
+          f"({where})", file=sys.stderr)  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
     if not args.no_plots:
         from h2osim.studies.claims.plots import plot_all
@@ -102,6 +135,24 @@ def run(args: argparse.Namespace, command: str = "python -m h2osim.claims") -> i
         print(line)
     print(_console_table(payload))
     return 0
+
+
+def _remeasure_long(payload: dict[str, Any], settings, store, root: Path, options: dict) -> None:
+    """Re-measure the long-context rows of a stored claims payload (``--from-json --long``)."""
+    from h2osim.studies.claims.measurements import Progress, Run
+    from h2osim.studies.claims.rows import CLAIMS, claim_numbers
+
+    measured = Measurements(settings=settings)
+    run = Run(measured, None, Progress(1, False), store=store, root=root, options=options)
+    measure_long({}, run)
+    numbers = claim_numbers(measured)
+    for claim in CLAIMS:
+        if claim.needs == ("long",):
+            row = next((r for r in payload["claims"] if r["id"] == claim.id), None)
+            if row is not None:
+                row["numbers"] = numbers[claim.id]
+    payload.setdefault("details", {})["long"] = measured.long
+    rejudge(payload)
 
 
 def _console_table(payload: dict[str, Any]) -> str:

@@ -29,6 +29,11 @@ TOML form (every list is a dimension of the product; a scalar is a one-value lis
     layers = "all"                     # or "0,5,10-12"
     output_error = true
 
+A trace may also be a *view* of its file (:func:`trace_ref` with ``n`` and/or ``layers``):
+its first n tokens and a subset of its stored layers, made in memory by
+:func:`trace_prefix` (the claims table's ``--quick`` setting). The view is part of the
+cell's identity (its key), so a view's rows never mix with the whole trace's.
+
 Simplifications: the policy ``all`` expands to the registry as the CLI does; paths are
 relative to the current folder (flags) or to the TOML file's folder.
 """
@@ -178,6 +183,17 @@ class TraceRef:
     layers: tuple[int, ...] = ()
     num_heads: int = 1
     num_kv_heads: int = 1
+    # a view of the file (trace_prefix): its first view_n tokens / only view_layers; None: all
+    view_n: int | None = None
+    view_layers: tuple[int, ...] | None = None
+
+    @property
+    def view(self) -> dict[str, Any] | None:
+        """The view's part of a cell's identity (None for the whole trace, keeping its keys)."""
+        if self.view_n is None and self.view_layers is None:
+            return None
+        return {"n": self.view_n,
+                "layers": None if self.view_layers is None else list(self.view_layers)}  # fmt: skip
 
     def units(self, config: RunConfig) -> int:
         """Cache units a replay under ``config`` has. Example: 10 layers, 3 KV heads -> 30."""
@@ -197,9 +213,12 @@ class Cell:
 
     @property
     def identity(self) -> dict[str, Any]:
-        return {"trace_sha256": self.trace.sha256, "policy": self.policy.name,
-                "params": dict(self.policy.params), "budget_requested": self.budget,
-                "config": self.config.as_dict(), "h2osim_version": h2osim.code_version()}  # fmt: skip
+        identity = {"trace_sha256": self.trace.sha256, "policy": self.policy.name,
+                    "params": dict(self.policy.params), "budget_requested": self.budget,
+                    "config": self.config.as_dict(), "h2osim_version": h2osim.code_version()}  # fmt: skip
+        if self.trace.view is not None:
+            identity["trace_view"] = self.trace.view
+        return identity
 
     @property
     def key(self) -> str:
@@ -241,18 +260,53 @@ _TRACES: dict[str, Any] = {}  # sha256 -> Trace: this process's open traces (wor
 _OPEN_TRACES = 4  # at most this many kept open per process (each caches decoded layers)
 
 
-def trace_ref(path: str | os.PathLike[str], trace: Any = None) -> TraceRef:
+def trace_ref(path: str | os.PathLike[str], trace: Any = None, *, n: int | None = None,
+              layers: Sequence[int] | None = None) -> TraceRef:  # fmt: skip
     """Open ``path`` once (header and validation; or take the already open ``trace``) and
     hash its bytes; the open trace stays in this process's cache, so an in-process run
-    does not load it again."""
+    does not load it again. ``n`` / ``layers``: a view of the file (:func:`trace_prefix`)."""
     from h2osim.trace import Trace
 
     trace = Trace.load(path) if trace is None else trace
-    ref = TraceRef(str(path), file_hash(path), trace.n, trace.prompt_length, trace.describe(),
-                   tuple(int(layer) for layer in trace.layers), trace.num_heads,
-                   trace.num_kv_heads)  # fmt: skip
-    _remember(ref.sha256, trace)
+    sha256 = file_hash(path)
+    _remember(sha256, trace)
+    view_layers = None if layers is None else tuple(int(layer) for layer in layers)
+    shown = trace if n is None and layers is None else trace_prefix(trace, n, view_layers)
+    ref = TraceRef(str(path), sha256, shown.n, shown.prompt_length, shown.describe(),
+                   tuple(int(layer) for layer in shown.layers), shown.num_heads,
+                   shown.num_kv_heads, n, view_layers)  # fmt: skip
+    if ref.view is not None:
+        _VIEWS[(sha256, n, view_layers)] = shown
     return ref
+
+
+def trace_prefix(trace: Any, n: int | None = None, layers: Sequence[int] | None = None) -> Any:
+    """The trace of the first ``n`` tokens (and only ``layers``), in memory, float32.
+
+    Exact for a causal model: rows 0..n-1 attend only to tokens 0..n-1, so the first n
+    rows of a trace are the trace of the first n tokens. The prompt is cut to n if longer.
+    Example: the chat trace (n=435, prompt 48) with n=160 -> 160 rows, prompt 48, decode 112.
+    """
+    import numpy as np
+
+    from h2osim.trace import Trace, pack_lower
+
+    chosen = [int(layer) for layer in (trace.layers if layers is None else layers)]
+    if (n is None or n >= trace.n) and chosen == trace.layers.tolist():
+        return trace
+    n = trace.n if n is None else min(n, trace.n)
+    attention = {
+        layer: np.stack([trace.head_matrix(layer, head)[:n, :n] for head in range(trace.num_heads)])
+        for layer in chosen
+    }  # layer -> (H, n, n)
+    values = {layer: trace.values(layer)[:, :n] for layer in chosen} if trace.has_values else None
+    return Trace.from_arrays(
+        {layer: pack_lower(dense) for layer, dense in attention.items()},
+        head_map=trace.head_map, token_ids=trace.token_ids[:n], tokens=trace.tokens[:n],
+        prompt_length=min(trace.prompt_length, n), layers=chosen, values=values,
+        metadata={**trace.metadata, "prefix_of": str(trace.path), "prefix_n": n},
+        validate=False,  # already validated as part of the whole trace
+    )  # fmt: skip
 
 
 def _remember(sha256: str, trace: Any) -> None:
@@ -278,7 +332,22 @@ def open_trace(ref: TraceRef):
                              "differs); run the sweep again")  # fmt: skip
         trace = Trace.load(ref.path)
         _remember(ref.sha256, trace)
-    return trace
+    return trace if ref.view is None else _viewed(ref, trace)
+
+
+_VIEWS: dict[tuple[Any, ...], Any] = {}  # (sha256, n, layers) -> the view, this process's
+
+
+def _viewed(ref: TraceRef, trace: Any) -> Any:
+    """The view ``ref`` names of the open ``trace`` (made once per process, kept like traces)."""
+    key = (ref.sha256, ref.view_n, ref.view_layers)
+    view = _VIEWS.pop(key, None)
+    if view is None:
+        view = trace_prefix(trace, ref.view_n, ref.view_layers)
+    _VIEWS[key] = view
+    while len(_VIEWS) > _OPEN_TRACES:
+        _VIEWS.pop(next(iter(_VIEWS)))
+    return view
 
 
 def check_budgets(grid: Grid) -> None:
@@ -382,5 +451,5 @@ def load_grid(path: str | os.PathLike[str], extra_traces: Sequence[str] = ()) ->
 __all__ = [
     "FIXED", "Cell", "Grid", "PolicySpec", "RunConfig", "TraceRef", "UserError", "canonical",
     "check_budgets", "file_hash", "grid_from_args", "load_grid", "open_trace", "parse_budgets",
-    "policy_specs", "trace_ref",
+    "policy_specs", "trace_prefix", "trace_ref",
 ]  # fmt: skip

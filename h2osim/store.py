@@ -7,7 +7,9 @@ file, fsync, rename). A run killed at any moment therefore leaves the parts it f
 and no partial one; the hidden temporaries it may leave are never read. A row is keyed
 by :attr:`h2osim.grid.Cell.key` (trace content hash, policy, all hyperparameters,
 requested budget, replay config, h2osim version) and holds the record ``replay --sweep``
-prints, plus, when asked, per-step curves (mean over cache units).
+prints, plus, when asked, per-step curves (mean over cache units) and the eviction
+schedule (``evicted_at``: the step at which each token left each cache unit, what the
+claims table compares and reads its cache contents from).
 
 Why Parquet and not DuckDB: pyarrow is already installed with Streamlit, a part is a
 plain file that one atomic rename publishes (no database lock: the app can read while
@@ -46,6 +48,9 @@ RECORD_FIELDS = (
     "output_error_decode", "seconds",
 )  # fmt: skip
 STEP_FIELDS = ("retained_mass_steps", "hit_rate_steps", "output_error_steps")  # (n,) each
+# Optional columns, added after format 1 first shipped: a part written before them (every
+# other column, in order) still loads, its rows reading None there.
+EVICTION_FIELDS = ("evicted_at", "evicted_shape")  # (units * n,) int32 row-major, [units, n]
 
 
 def schema():
@@ -64,10 +69,31 @@ def schema():
         ("hit_rate", f64), ("output_error", f64), ("output_error_decode", f64),
         ("seconds", f64),
         *((name, steps) for name in STEP_FIELDS),
+        ("evicted_at", pa.list_(pa.int32())), ("evicted_shape", pa.list_(pa.int64())),
     ])  # fmt: skip
 
 
 COLUMNS = tuple(schema().names)
+
+
+def legacy_schema():
+    """The schema of parts written before the optional :data:`EVICTION_FIELDS` existed."""
+    full = schema()
+    return full.remove(full.get_field_index("evicted_shape")).remove(
+        full.get_field_index("evicted_at")
+    )
+
+
+def evictions_of(row: dict[str, Any]):
+    """A row's eviction schedule as ``(units, n)`` int32 (-1: never left), or None when the
+    row was computed without it. Example: a row of h2o on 2 units, n = 3, k = 2 ->
+    array([[-1, 2, -1], [2, -1, -1]], dtype=int32)."""
+    import numpy as np
+
+    flat = row.get("evicted_at")
+    if flat is None:
+        return None
+    return np.asarray(flat, dtype=np.int32).reshape(tuple(row["evicted_shape"]))
 
 
 class StoreError(UserError):
@@ -133,10 +159,9 @@ class ResultStore:
         for part in parts:
             for row in read_part(part):
                 old = rows.get(row["key"])
-                # A row appears once; a recomputation that added per-step curves wins.
-                if old is None or (old["retained_mass_steps"] is None
-                                   and row["retained_mass_steps"] is not None):  # fmt: skip
-                    rows[row["key"]] = row
+                # A row appears once; a recomputation that added per-step curves or the
+                # eviction schedule adds them (its replay is the same, deterministic).
+                rows[row["key"]] = row if old is None else _merged(old, row)
         self._rows, self._loaded_parts = rows, names
         return rows
 
@@ -175,23 +200,19 @@ class ResultStore:
 
     def table(self):
         """Every row as a ``pyarrow.Table`` (``.to_pandas()`` for a DataFrame)."""
-        import pyarrow as pa
-
-        return pa.Table.from_pylist(list(self._load().values()), schema=schema())
+        return _arrow_table(list(self._load().values()))
 
     # ----------------------------------------------------------------- writing
     def write(self, rows: Sequence[dict[str, Any]]) -> Path | None:
         """Publish ``rows`` as one new part, atomically; returns its path (None if empty)."""
         if not rows:
             return None
-        import pyarrow as pa
         import pyarrow.parquet as pq
 
         self.path.mkdir(parents=True, exist_ok=True)
         if not (self.path / MARKER).exists():
             write_text(self.path / MARKER, json.dumps({"format": FORMAT}) + "\n")
-        table = pa.Table.from_pylist([{name: row.get(name) for name in COLUMNS} for row in rows],
-                                     schema=schema())  # fmt: skip
+        table = _arrow_table(rows)
         target = self.path / f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
         with atomic_write(target) as handle:
             pq.write_table(table, handle)
@@ -210,12 +231,53 @@ class ResultStore:
         self._rows = None
 
     # ----------------------------------------------------------------- computing
-    def missing(self, cells: Iterable[Any], per_step: bool = False) -> list[Any]:
-        """The cells without a row (or, with ``per_step``, without per-step curves)."""
+    def missing(self, cells: Iterable[Any], per_step: bool = False,
+                evictions: bool = False) -> list[Any]:  # fmt: skip
+        """The cells without a row (or, with ``per_step``, without per-step curves; with
+        ``evictions``, a replay's row without its eviction schedule - bounds have none)."""
         rows = self._load()
         return [cell for cell in cells
                 if cell.key not in rows
-                or (per_step and rows[cell.key]["retained_mass_steps"] is None)]  # fmt: skip
+                or (per_step and rows[cell.key]["retained_mass_steps"] is None)
+                or (evictions and not cell.bound and rows[cell.key]["evicted_at"] is None)]  # fmt: skip
+
+
+OPTIONAL_PARTS = (STEP_FIELDS, EVICTION_FIELDS)  # each group is present or absent as a whole
+
+
+def _merged(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """One cell's row read twice: the first, with the optional parts it lacks taken from
+    the second. Example: old with per-step curves, new with evictions -> both."""
+    merged = old
+    for group in OPTIONAL_PARTS:
+        if old[group[0]] is None and new[group[0]] is not None:
+            merged = merged if merged is not old else dict(old)
+            merged.update({name: new[name] for name in group})
+    return merged
+
+
+def _arrow_table(rows: Sequence[dict[str, Any]]):
+    """``rows`` as a table of the store schema; an ``evicted_at`` given as an array
+    ``(units, n)`` is stored flat, its shape beside it."""
+    import numpy as np
+    import pyarrow as pa
+
+    columns: dict[str, list[Any]] = {name: [row.get(name) for row in rows] for name in COLUMNS}
+    flat, shapes = [], []
+    for row in rows:
+        evicted = row.get("evicted_at")
+        if evicted is None:
+            flat.append(None)
+            shapes.append(None)
+            continue
+        evicted = np.asarray(evicted, dtype=np.int32)
+        shape = row.get("evicted_shape") if evicted.ndim == 1 else None
+        flat.append(evicted.ravel())
+        shapes.append(list(shape) if shape is not None else list(evicted.shape))
+    columns["evicted_at"], columns["evicted_shape"] = flat, shapes
+    full = schema()
+    return pa.table({name: pa.array(columns[name], type=full.field(name).type) for name in COLUMNS},
+                    schema=full)  # fmt: skip
 
 
 def read_part(part: Path) -> list[dict[str, Any]]:
@@ -228,14 +290,34 @@ def read_part(part: Path) -> list[dict[str, Any]]:
     except (pa.ArrowException, OSError) as exc:
         raise StoreError(f"results store part {part} is corrupt ({' '.join(str(exc).split())}); "
                          "delete that file (its rows are recomputed) or use a new --store") from None  # fmt: skip
-    if table.schema.remove_metadata() != schema():
+    found_schema = table.schema.remove_metadata()
+    if found_schema == legacy_schema():  # written before the eviction columns: none stored
+        return [{**row, "evicted_at": None, "evicted_shape": None} for row in table.to_pylist()]
+    if found_schema != schema():
         expected, found = set(COLUMNS), set(table.schema.names)
         what = (f"missing {sorted(expected - found)}" if expected - found
                 else f"unexpected {sorted(found - expected)}" if found - expected
                 else "column types differ")  # fmt: skip
         raise StoreError(f"results store part {part} does not have the store schema ({what}); "
                          "delete that file (its rows are recomputed) or use a new --store")  # fmt: skip
-    return table.to_pylist()
+    return _rows_of(table)
 
 
-__all__ = ["COLUMNS", "RECORD_FIELDS", "ResultStore", "StoreError", "record_of", "schema"]
+def _rows_of(table) -> list[dict[str, Any]]:
+    """The rows of a part of the store schema; ``evicted_at`` as ``(units, n)`` int32
+    arrays (read straight from the Arrow buffers, not as Python lists), or None."""
+    import numpy as np
+
+    evicted = table.column("evicted_at").combine_chunks()
+    rows = table.drop_columns(["evicted_at"]).to_pylist()
+    offsets = np.asarray(evicted.offsets)
+    values = np.asarray(evicted.values, dtype=np.int32)
+    for i, row in enumerate(rows):
+        shape = row["evicted_shape"]
+        row["evicted_at"] = (None if shape is None
+                             else values[offsets[i]:offsets[i + 1]].reshape(shape).copy())  # fmt: skip
+    return [{name: row[name] for name in COLUMNS} for row in rows]
+
+
+__all__ = ["COLUMNS", "EVICTION_FIELDS", "RECORD_FIELDS", "ResultStore", "StoreError", "evictions_of",
+           "legacy_schema", "record_of", "schema"]  # fmt: skip

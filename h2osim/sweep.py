@@ -82,8 +82,9 @@ def _steps(array: np.ndarray | None) -> list[float] | None:
     return None if array is None else array.mean(axis=1).astype(np.float64).tolist()  # (n,)
 
 
-def _row(cell: Cell, result: Any, per_step: bool) -> dict[str, Any]:
-    """The store row of a finished replay (or bound) ``result``."""
+def _row(cell: Cell, result: Any, per_step: bool, evictions: bool = False) -> dict[str, Any]:
+    """The store row of a finished replay (or bound) ``result``; ``evictions`` keeps a
+    replay's eviction schedule ``(units, n)`` (bounds have none)."""
     record = result.record()
     row = {
         "key": cell.key, "trace_sha256": cell.trace.sha256, "trace_name": Path(cell.trace.path).name,
@@ -100,6 +101,9 @@ def _row(cell: Cell, result: Any, per_step: bool) -> dict[str, Any]:
         if not cell.bound:
             row["hit_rate_steps"] = _steps(result.hit_rate)
             row["output_error_steps"] = _steps(result.output_error)
+    keep = evictions and not cell.bound
+    row["evicted_at"] = result.evicted_at.astype(np.int32) if keep else None
+    row["evicted_shape"] = list(result.evicted_at.shape) if keep else None
     return row
 
 
@@ -108,7 +112,7 @@ def _budget(cell: Cell) -> float:
     return 1.0 if cell.budget is None else cell.budget
 
 
-def run_cell(cell: Cell, per_step: bool = False) -> dict[str, Any]:
+def run_cell(cell: Cell, per_step: bool = False, evictions: bool = False) -> dict[str, Any]:
     """Task: replay one cell (or compute its topk bound); returns its store row."""
     _worker_setup()
     trace = open_trace(cell.trace)
@@ -120,7 +124,7 @@ def run_cell(cell: Cell, per_step: bool = False) -> dict[str, Any]:
     else:
         result = replay(trace, cell.policy.make(), _budget(cell), budget_of=cell.config.budget_of,
                         config=config)  # fmt: skip
-    return _row(cell, result, per_step)
+    return _row(cell, result, per_step, evictions)
 
 
 def plan_unit(cell: Cell, unit: int) -> tuple[np.ndarray, float]:
@@ -143,7 +147,7 @@ def plan_unit(cell: Cell, unit: int) -> tuple[np.ndarray, float]:
 
 
 def replay_planned(cell: Cell, plans: Sequence[tuple[np.ndarray, float]],
-                   per_step: bool = False) -> dict[str, Any]:  # fmt: skip
+                   per_step: bool = False, evictions: bool = False) -> dict[str, Any]:  # fmt: skip
     """Task: replay an offline planner's cell from per-unit plans (:func:`plan_unit`)."""
     from h2osim.policies import Policy
     from h2osim.schedule import CacheSchedule
@@ -165,7 +169,7 @@ def replay_planned(cell: Cell, plans: Sequence[tuple[np.ndarray, float]],
     policy.reset = types.MethodType(reset, policy)
     result = replay(trace, policy, _budget(cell), budget_of=cell.config.budget_of,
                     config=cell.config.replay_config())  # fmt: skip
-    return _row(cell, result, per_step)
+    return _row(cell, result, per_step, evictions)
 
 
 def with_scattered(function: Any, ref: TraceRef, data: bytes, *args: Any) -> Any:
@@ -288,7 +292,8 @@ def local_cluster_config():
 
 def ensure(store: ResultStore, grid: Grid, **options: Any) -> list[dict[str, Any]]:
     """Compute the rows ``store`` lacks for ``grid`` (``options`` as :func:`run_grid`:
-    workers, scheduler, per_step, progress) and return the row of every cell, in grid order.
+    workers, scheduler, per_step, evictions, progress) and return the row of every cell, in
+    grid order.
     Example: ``ensure(ResultStore("results/"), grid)`` twice computes nothing the second time."""
     return run_grid(grid, store=store, **options).rows
 
@@ -300,6 +305,7 @@ def run_grid(
     workers: int = 1,
     scheduler: str | None = None,
     per_step: bool = False,
+    evictions: bool = False,
     progress: bool = False,
     split: str = "auto",
     flush_seconds: float = 1.0,
@@ -314,6 +320,7 @@ def run_grid(
     to the store at least every ``flush_seconds`` and when the run ends or fails.
     ``scatter``: on Dask, send each trace file up to ``scatter_limit_mib`` to the workers
     once (:func:`scatter_traces`) instead of letting them read it by path (same rows).
+    ``evictions`` keeps each replay's eviction schedule in its row (what the claims read).
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -326,7 +333,7 @@ def run_grid(
     started = time.perf_counter()
     cells = grid.cells()
     todo = list({cell.key: cell for cell in (cells if store is None else
-                                             store.missing(cells, per_step))}.values())  # fmt: skip
+                                             store.missing(cells, per_step, evictions))}.values())  # fmt: skip
     computing = {cell.key for cell in todo}
     stored = {} if store is None else {key: row for key, row in store.lookup(
         cell.key for cell in cells).items() if key not in computing}  # fmt: skip
@@ -349,7 +356,7 @@ def run_grid(
     try:
         if scheduler is None and workers == 1:
             for cell in todo:
-                finished(run_cell(cell, per_step))
+                finished(run_cell(cell, per_step, evictions))
                 bar.update()
         elif todo:
             from distributed import as_completed
@@ -372,11 +379,12 @@ def run_grid(
                     if split != "cell" and splits_per_unit(cell):
                         plans = [submit(plan_unit, cell, unit, key=f"plan-{name}-{unit}")
                                  for unit in range(cell.trace.units(cell.config))]  # fmt: skip
-                        futures.append(submit(replay_planned, cell, plans, per_step,
+                        futures.append(submit(replay_planned, cell, plans, per_step, evictions,
                                               key=f"replay-{name}"))  # fmt: skip
                         tasks += len(plans) + 1
                     else:
-                        futures.append(submit(run_cell, cell, per_step, key=f"cell-{name}"))
+                        futures.append(submit(run_cell, cell, per_step, evictions,
+                                              key=f"cell-{name}"))  # fmt: skip
                         tasks += 1
                 for future in as_completed(futures):
                     finished(future.result())

@@ -103,6 +103,29 @@ RULE_CASES = [
     ("concave", {"identical": 8, "compared": 8}, HOLDS),
     ("concave", {"identical": 7, "compared": 8}, FAILS),
     ("concave", {"identical": 0, "compared": 0}, MISSING),
+    # the long-context rows: the same rules on the n = 4096 numbers
+    ("long-sparsity", {"sparsity": 0.95}, HOLDS),
+    ("long-sparsity", {"sparsity": 0.9499}, PARTLY),
+    ("long-sparsity", {"sparsity": 0.7999}, FAILS),
+    ("long-power-law", {"power_better_share": 0.8, "r2_power": 0.9}, HOLDS),
+    ("long-power-law", {"power_better_share": 0.67, "r2_power": 0.7}, PARTLY),
+    ("long-power-law", {"power_better_share": 0.5, "r2_power": 0.99}, FAILS),
+    ("long-early-bias", {"early_share_h2o": 0.15, "position_share": 0.1}, HOLDS),
+    ("long-early-bias", {"early_share_h2o": 0.12, "position_share": 0.1}, PARTLY),
+    ("long-early-bias", {"early_share_h2o": 0.1, "position_share": 0.1}, FAILS),
+    ("long-opt-gap", {"max_gap": 0.05}, HOLDS),
+    ("long-opt-gap", {"max_gap": 0.0501}, PARTLY),
+    ("long-opt-gap", {"max_gap": 0.1001}, FAILS),
+    ("long-belady", {"max_gap": 0.0001}, FAILS),
+    ("long-belady", {"max_gap": 0.0065}, HOLDS),
+    ("long-belady", {"max_gap": 0.0201}, PARTLY),
+    # needle retrieval: h2o's accuracy over the full cache's, per prompt mode
+    ("needle", {"min_relative": 0.9, "max_relative": 1.0}, HOLDS),
+    ("needle", {"min_relative": 0.2, "max_relative": 0.9}, PARTLY),
+    ("needle", {"min_relative": 0.2, "max_relative": 0.5}, PARTLY),
+    ("needle", {"min_relative": 0.2, "max_relative": 0.4999}, FAILS),
+    ("needle", {"min_relative": 0.8999, "max_relative": 0.8999}, PARTLY),
+    ("needle", {"min_relative": None, "max_relative": None}, MISSING),
 ]
 
 
@@ -135,7 +158,7 @@ def verdicts_reached(claim: Claim, cases: list[dict]) -> set[str]:
 
 
 def test_every_registered_claim_has_all_its_parts():
-    assert len({claim.id for claim in table.CLAIMS}) == len(table.CLAIMS) == 12
+    assert len({claim.id for claim in table.CLAIMS}) == len(table.CLAIMS) == 18
     empty = Measurements(settings=FULL)  # nothing measured yet
     for claim in table.CLAIMS:
         assert claim.claim and claim.source and claim.paper, claim.id  # the text
@@ -200,7 +223,7 @@ def test_adding_a_claim_as_the_package_docstring_shows():
         if table.CLAIMS and table.CLAIMS[-1].id == "sink":
             table.CLAIMS.pop()
         table.SPECS.pop("sink", None)
-    assert "sink" not in table.SPECS and len(table.CLAIMS) == 12
+    assert "sink" not in table.SPECS and len(table.CLAIMS) == 18
 
 
 def test_committed_claims_json_rejudges_to_its_own_verdicts():
@@ -216,8 +239,9 @@ def test_committed_claims_json_rejudges_to_its_own_verdicts():
 def test_numbers_and_commands_recomputed_from_the_committed_details():
     """Each claim's ``numbers`` and ``commands``, fed the full run's stored details
     (docs/claims.json), give back the numbers and commands stored beside them - the full
-    setting's code path, checked without the 7-minute run. early-bias is left out of the
-    numbers: its inputs (curves by position, what each cache kept) are not stored."""
+    setting's code path, checked without the 7-minute run. early-bias (and its long-context
+    row) is left out of the numbers: its inputs (curves by position, what each cache kept)
+    are not stored there."""
     payload = json.loads((REPO / "docs" / "claims.json").read_text())
     assert payload["mode"] == "full"
     stored = {row["id"]: row for row in payload["claims"]}
@@ -227,12 +251,13 @@ def test_numbers_and_commands_recomputed_from_the_committed_details():
         paths=[r for r in details["paths"] if "parameters" in r],  # not the official defaults
         concave=stored["concave"]["numbers"],
         mask_drop_identical=stored["official-paths"]["numbers"]["mask_drop_identical"],
+        long=details["long"], needle=details["needle"],
     )  # fmt: skip
     assert table.claim_commands(measured, payload["command"]) == {
         claim_id: row["commands"] for claim_id, row in stored.items()
     }
     for claim in table.CLAIMS:
-        if claim.id != "early-bias":
+        if claim.id not in ("early-bias", "long-early-bias"):
             numbers = json.loads(json.dumps(claim.numbers(measured)))
             assert numbers == stored[claim.id]["numbers"], claim.id
 
@@ -331,9 +356,8 @@ def test_trace_prefix_is_the_trace_of_the_first_tokens(chat_trace):
 def quick_run(tmp_path_factory):
     """``python -m h2osim.claims --quick --no-live`` once, into a temporary folder."""
     out = tmp_path_factory.mktemp("claims")
-    code = main(
-        ["--quick", "--no-live", "--out-dir", str(out), "--no-progress", "--root", str(REPO)]
-    )
+    code = main(["--quick", "--no-live", "--out-dir", str(out), "--no-progress", "--root", str(REPO),
+                 "--store", str(out / "store")])  # fmt: skip
     assert code == 0
     return out
 
@@ -399,7 +423,7 @@ def test_readme_block_rewrite_touches_only_the_block(quick_run, tmp_path):
     block, tail = rest.split("<!-- claims:end -->")
     assert head == "# Title\n\nintro\n" and tail == "\n\n## Later\ntext\n"
     assert block == table.readme_block(payload, "docs/claims.md") + "\n"
-    assert "| 12 |" in block and "python -m h2osim.claims" in block
+    assert "| 18 |" in block and "python -m h2osim.claims" in block
     assert update_readme(readme, payload, "docs/claims.md").endswith("already up to date")
     assert readme.read_text() == text
     bare = tmp_path / "BARE.md"
@@ -424,6 +448,11 @@ def test_cli_from_json_rewrites_the_readme_between_markers(quick_run, tmp_path):
         (["--from-json", "no/such/claims.json"], "no/such/claims.json"),
         (["--root", "/nonexistent", "--no-live"], "run from the repository root"),
         (["--quick", "--live-n", "4"], "--live-n must be >= 16"),
+        (["--store", "x", "--no-store", "--no-live"], "--store and --no-store exclude each other"),
+        (
+            ["--quick", "--no-live", "--store", str(REPO / "README.md")],
+            "is a file, not a store folder",
+        ),
     ],
 )
 def test_cli_errors_are_one_line(argv, message, capsys):
@@ -479,3 +508,202 @@ def test_live_commands_encode_the_traces_tokens():
             encode_text(tokenizer, text, truncate=QUICK.live_n * 6)
             == trace.token_ids[: QUICK.live_n * 6].tolist()
         )
+
+
+# --------------------------------------------------------------------------- the results store
+def _store_numbers(measured):
+    """What the store-backed sweep must reproduce: every claim's numbers, the sweep records
+    (their timings aside), the cache contents at the last row and the concave comparison."""
+    sweep = [{k: v for k, v in r.items() if k != "seconds"} for r in measured.sweep]
+    return table.claim_numbers(measured), sweep, measured.kept, measured.concave
+
+
+def test_store_backed_sweep_equals_in_process_and_a_second_run_computes_nothing(
+    quick_run, tmp_path
+):
+    """The claims' sweep through the results store (issue #15): on the --quick setting, the
+    numbers from a fresh store, from the same store read back, and from replays in process
+    without a store are identical; the second run computes no cell."""
+    from h2osim.store import ResultStore
+
+    needs = ("bias", "sweep")  # the sweep rows and the early-bias row's cache contents
+    plain = measure(QUICK, root=REPO, needs=needs)
+    store = ResultStore(tmp_path / "store")
+    first = measure(QUICK, root=REPO, needs=needs, store=store)
+    second = measure(QUICK, root=REPO, needs=needs, store=ResultStore(tmp_path / "store"))
+    cells = 2 * (2 * (10 + 1) + 3)  # traces x (budgets x (policies + topk) + a2sf grid)
+    assert plain.grid == {"cells": cells, "computed": cells, "reused": 0}
+    assert first.grid == {"cells": cells, "computed": cells, "reused": 0}
+    assert second.grid == {"cells": cells, "computed": 0, "reused": cells}
+    assert _store_numbers(first) == _store_numbers(plain)
+    assert _store_numbers(second) == _store_numbers(plain)
+    assert second.concave == {"identical": 8, "compared": 8}
+    assert len(second.kept["chat"]["opt"]) == 160
+    # the CLI's run into its own store (the quick_run fixture) gave the same sweep numbers
+    payload = json.loads((quick_run / "claims.json").read_text())
+    assert payload["grid"]["cells"] == cells and payload["grid"]["computed"] == cells
+    sweep_rows = [c.id for c in table.CLAIMS if c.needs and set(c.needs) <= {"sweep", "bias"}]
+    numbers = table.claim_numbers(plain)
+    for row in payload["claims"]:
+        if row["id"] in sweep_rows:
+            assert row["numbers"] == json.loads(json.dumps(numbers[row["id"]])), row["id"]
+    again = main(["--quick", "--no-live", "--out-dir", str(tmp_path / "again"), "--no-progress",
+                  "--no-plots", "--root", str(REPO), "--store", str(quick_run / "store")])  # fmt: skip
+    assert again == 0
+    rerun = json.loads((tmp_path / "again" / "claims.json").read_text())
+    assert rerun["grid"] == {"cells": cells, "computed": 0, "reused": cells}
+    assert [r["numbers"] for r in rerun["claims"]] == [r["numbers"] for r in payload["claims"]]
+
+
+def test_sweep_records_are_the_replays_of_the_traces(chat_trace):
+    """A sweep record read from a grid row is the record of replaying the trace directly."""
+    settings = Settings(mode="test", traces=("chat",), n=48, layers=(16,), budgets=(0.2,),
+                        live_texts=(), live_n=16, live_budgets=(0.2,), forgetting_grid=(0.95,),
+                        sweep_policies=("h2o", "h2o-log", "a2sf", "opt"))  # fmt: skip
+    measured = measure(settings, root=REPO, needs=("sweep",))
+    prefix = trace_prefix(chat_trace, 48, (16,))
+    config = ReplayConfig(output_error=False)
+    for record in measured.sweep:
+        if record["policy"] == "topk":
+            continue
+        from h2osim.policies import make_policy
+
+        direct = replay(prefix, make_policy(record["policy"], forgetting=0.95), 0.2, config=config)
+        expected = {"trace": "chat", **direct.record(), "budget_requested": 0.2}
+        if record["policy"] == "a2sf":
+            expected["forgetting"] = 0.95
+        drop = ("seconds", "gap_to_opt")
+        assert {k: v for k, v in record.items() if k not in drop} == {
+            k: v for k, v in expected.items() if k not in drop
+        }, record["policy"]
+    assert measured.concave == {"identical": 1, "compared": 1}
+
+
+# --------------------------------------------------------------------------- long context
+def _long_folder(folder: Path) -> Path:
+    """Two small synthetic traces named as the long-context texts (560 tokens: a 512 view)."""
+    from h2osim.synthetic import synthetic_trace
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for seed, name in enumerate(("prose-4096.npz", "code-4096.npz")):
+        synthetic_trace(560, layers=1, heads=2, kv_heads=1, head_dim=4, seed=seed).save(
+            folder / name
+        )
+    return folder
+
+
+def test_long_rows_use_the_claims_rules_on_the_recorded_file(tmp_path):
+    """--long measures observe, bias and the 20% sweep at each length into the long-context
+    file; the long rows' numbers come from it through the same numbers functions and rules
+    as the short rows, and a wrong number in the file flips the verdict."""
+    from h2osim.studies.claims.measurements import load_long, long_measured
+
+    folder = _long_folder(tmp_path / "long")
+    target = tmp_path / "long-context.json"
+    measured = measure(QUICK, root=tmp_path, needs=("long",), long=True, long_dir="long",
+                       long_json=target)  # fmt: skip
+    stored = load_long(target)
+    assert stored == json.loads(json.dumps(measured.long))
+    assert [block["n"] for block in stored["lengths"]] == [512, None]
+    longest = long_measured(stored, "longest")
+    assert {info["n"] for info in longest.traces.values()} == {560}
+    assert {r["policy"] for r in longest.sweep} == {"opt", "belady", "h2o", "window", "topk"}
+    numbers = table.claim_numbers(measured)
+    for base in ("sparsity", "power-law", "early-bias", "opt-gap", "belady"):
+        row = numbers[f"long-{base}"]
+        assert row["n"] == 560 and row["texts"] == ["code", "prose"] and row["short"]["n"] == 512
+        same = table.SPECS[base].numbers(longest)  # the short row's numbers function
+        assert {k: v for k, v in row.items() if k not in ("n", "texts", "short")} == same
+        assert table.SPECS[f"long-{base}"].rule is table.SPECS[base].rule  # one definition
+        assert table.judge(f"long-{base}", row)[0] != MISSING
+    # bench/long_findings.py judges each text and length by the same rules (none of its own)
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "long_findings", REPO / "bench" / "long_findings.py"
+    )
+    findings = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(findings)
+    printed = findings.table(stored)
+    assert "| prose n=512 | prose n=560 | code n=512 | code n=560 |" in printed
+    prose = long_measured(stored, "longest", "prose")
+    verdict = table.SPECS["opt-gap"].judge(table.SPECS["opt-gap"].numbers(prose))
+    row = next(line for line in printed.splitlines() if line.startswith("| opt-gap"))
+    assert row.split(" | ")[2] == f"{verdict.reason} **{verdict.verdict}**"
+    assert folder.is_dir()
+    # a wrong value in the recorded file flips the verdict of the row that reads it
+    for block in stored["lengths"]:
+        for record in block["sweep"]:
+            if record["policy"] == "h2o":
+                record["retained_mass"] -= 0.2  # h2o far below opt
+    target.write_text(json.dumps(stored))
+    reread = measure(QUICK, root=tmp_path, needs=("long",), long_json=target)
+    gap = table.claim_numbers(reread)["long-opt-gap"]
+    assert gap["max_gap"] > 0.2 and table.judge("long-opt-gap", gap)[0] == FAILS
+    assert table.judge("long-opt-gap", numbers["long-opt-gap"])[0] != FAILS
+
+
+def test_long_rows_without_the_file_are_not_measured(tmp_path):
+    measured = measure(QUICK, root=tmp_path, needs=("long",))
+    assert any("long-context rows are not measured" in note for note in measured.notes)
+    for claim in table.CLAIMS:
+        if claim.needs == ("long",):
+            verdict, ours = table.judge(claim.id, claim.numbers(measured))
+            assert verdict == MISSING and "--long" in ours
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"format": 9}')
+    with pytest.raises(ValueError, match="not a long-context measurement file"):
+        measure(QUICK, root=tmp_path, needs=("long",), long_json=bad)
+    with pytest.raises(FileNotFoundError, match="docs/long-context.md"):
+        measure(QUICK, root=tmp_path, needs=("long",), long=True, long_json=tmp_path / "x.json")
+
+
+# --------------------------------------------------------------------------- needle
+def _needle(policy, mode, correct, depth, budget=0.2, length=512):
+    return {"task": "passkey", "length": length, "depth": depth, "seed": 0, "filler": "repeat",
+            "needle": "digits", "question": "end", "keys": 3, "n": length - 2, "policy": policy,
+            "budget_requested": budget, "prompt_mode": mode, "correct": correct,
+            "output": " 12345.", "needle_held": 1.0}  # fmt: skip
+
+
+def test_needle_row_reads_records_by_field_and_prompt_mode(tmp_path):
+    """The needle row reads the study's records by their fields, any prompt mode (a
+    "prefill" mode added later is one more mode), h2o against the full cache on the same
+    prompts; a wrong accuracy flips the verdict."""
+    records = [_needle("full", "-", True, d) for d in (0.0, 0.5, 1.0)]
+    records += [_needle("h2o", "full", d == 1.0, d) for d in (0.0, 0.5, 1.0)]
+    records += [_needle("h2o", "prefill", True, d) for d in (0.0, 0.5, 1.0)]
+    records += [
+        _needle("h2o", "full", True, 0.0, budget=0.5),
+        _needle("window", "full", True, 0.0),
+        _needle("h2o", "stream", True, 0.25),
+    ]  # other budget, policy; a prompt without full
+    path = tmp_path / "needle.json"
+    path.write_text(json.dumps({"command": "python -m h2osim.needle --out x", "records": records}))
+    measured = measure(QUICK, root=tmp_path, needs=("needle",), needle_json=path)
+    numbers = table.claim_numbers(measured)["needle"]
+    assert numbers["modes"] == {"full": {"trials": 3, "h2o": pytest.approx(1 / 3), "full": 1.0},
+                                "prefill": {"trials": 3, "h2o": 1.0, "full": 1.0}}  # fmt: skip
+    assert numbers["min_relative"] == pytest.approx(1 / 3) and numbers["max_relative"] == 1.0
+    assert table.judge("needle", numbers)[0] == PARTLY  # matches in prefill, not in full
+    only_full = [r for r in records if r["prompt_mode"] != "prefill"]
+    path.write_text(json.dumps({"command": "c", "records": only_full}))
+    numbers = table.claim_numbers(measure(QUICK, root=tmp_path, needs=("needle",),
+                                          needle_json=path))["needle"]  # fmt: skip
+    assert table.judge("needle", numbers)[0] == FAILS
+    right = [{**r, "correct": True} for r in only_full]  # h2o right everywhere: it matches
+    path.write_text(json.dumps({"command": "c", "records": right}))
+    numbers = table.claim_numbers(measure(QUICK, root=tmp_path, needs=("needle",),
+                                          needle_json=path))["needle"]  # fmt: skip
+    assert table.judge("needle", numbers)[0] == HOLDS
+    path.write_text('{"records": "nope"}')
+    with pytest.raises(ValueError, match="not a needle study file"):
+        measure(QUICK, root=tmp_path, needs=("needle",), needle_json=path)
+
+
+def test_committed_needle_study_gives_its_documented_answer():
+    """docs/needle.md: full cache 1.00, h2o 0.20 at 20% (prompt mode full) -> does not hold."""
+    measured = measure(QUICK, root=REPO, needs=("needle",))
+    numbers = table.claim_numbers(measured)["needle"]
+    assert numbers["modes"]["full"] == {"trials": 20, "h2o": 0.2, "full": 1.0}
+    assert table.judge("needle", numbers)[0] == FAILS

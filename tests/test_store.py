@@ -131,3 +131,85 @@ def test_a_row_key_names_the_code_that_computed_it(tmp_path, monkeypatch):
     before = cell.key
     monkeypatch.setattr(h2osim, "code_version", lambda: "0.1.0+another-code")
     assert cell.key != before
+
+
+# --------------------------------------------------------------------------- eviction schedules
+def test_eviction_schedules_round_trip_and_are_asked_for(tmp_path):
+    """``evictions=True`` keeps each replay's ``evicted_at`` (units, n) in its row, exactly
+    the replay's; bounds have none; a row stored without one is recomputed when asked."""
+    import numpy as np
+
+    from h2osim.engine import ReplayConfig, replay
+    from h2osim.store import evictions_of
+    from h2osim.trace import Trace
+
+    path = small_trace(tmp_path / "t.npz")
+    grid = Grid([trace_ref(path)], policy_specs(["h2o", "opt"], {}), [0.25],
+                [RunConfig(output_error=False)])  # fmt: skip
+    store = ResultStore(tmp_path / "store")
+    plain = run_grid(grid, store)  # first without schedules
+    assert all(row["evicted_at"] is None for row in plain.rows)
+    replays = [cell for cell in grid.cells() if not cell.bound]
+    assert store.missing(grid.cells(), evictions=True) == replays  # bounds never need one
+    again = run_grid(grid, store, evictions=True)
+    assert again.computed == len(replays) and again.reused == 1  # the bound is read
+    expected = replay(Trace.load(path), "h2o", 0.25, config=ReplayConfig(output_error=False))
+    reopened = ResultStore(tmp_path / "store")  # both versions of each row are on disk
+    h2o = reopened.get(replays[0])
+    assert h2o["policy"] == "h2o" and h2o["evicted_shape"] == list(expected.evicted_at.shape)
+    np.testing.assert_array_equal(evictions_of(h2o), expected.evicted_at)
+    assert evictions_of(h2o).dtype == np.int32
+    np.testing.assert_array_equal(evictions_of(again.rows[0]), evictions_of(h2o))
+    assert reopened.missing(grid.cells(), evictions=True) == []
+    assert run_grid(grid, reopened, evictions=True).computed == 0
+    bound = next(row for row in reopened.rows() if row["bound"])
+    assert bound["evicted_at"] is None and evictions_of(bound) is None
+    assert reopened.table().schema == schema()
+
+
+def test_a_part_written_before_the_eviction_columns_still_loads(filled, tmp_path):
+    """Old stores (no evicted_at / evicted_shape columns) load, those columns None; asking
+    for schedules recomputes only the rows that lack them."""
+    from h2osim.store import EVICTION_FIELDS, legacy_schema
+
+    path, trace, rows = filled
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / MARKER).write_text('{"format": 1}\n')
+    table = ResultStore(path).table().drop_columns(list(EVICTION_FIELDS))
+    assert table.schema == legacy_schema()
+    pq.write_table(table, old / "part-00000000000000000001-abcdef12.parquet")
+    store = ResultStore(old)
+    assert len(store) == len(rows)
+    assert all(row["evicted_at"] is None and row["evicted_shape"] is None for row in store.rows())
+    assert deterministic(store.rows()) == deterministic(rows)
+    grid = Grid([trace_ref(trace)], policy_specs(["h2o"], {}), [0.25], [RunConfig()])
+    assert run_grid(grid, store).computed == 0  # summary rows are enough without evictions
+    assert run_grid(grid, store, evictions=True).computed == 1
+    assert ResultStore(old).get(grid.cells()[0])["evicted_at"] is not None  # the richer row wins
+
+
+# --------------------------------------------------------------------------- trace views
+def test_a_view_of_a_trace_is_its_own_cell(tmp_path):
+    """trace_ref(n=..., layers=...) names the first n tokens and a layer subset: keys differ
+    from the whole trace's, and the rows equal replays of the in-memory prefix."""
+    from h2osim.engine import ReplayConfig, replay
+    from h2osim.grid import open_trace, trace_prefix
+    from h2osim.trace import Trace
+
+    path = small_trace(tmp_path / "t.npz", n=48, layers=2)
+    whole, view = trace_ref(path), trace_ref(path, n=32, layers=[1])
+    assert (view.n, view.layers, view.view) == (32, (1,), {"n": 32, "layers": [1]})
+    assert whole.view is None and trace_ref(path) == whole
+    specs = policy_specs(["h2o"], {})
+    config = RunConfig(output_error=False)
+    (on_whole,), (on_view,) = (
+        Grid([ref], specs, [0.25], [config]).cells() for ref in (whole, view)
+    )
+    assert on_whole.key != on_view.key and "trace_view" not in on_whole.identity
+    prefix = trace_prefix(Trace.load(path), 32, [1])
+    assert open_trace(view).n == 32 and open_trace(view).layers.tolist() == [1]
+    row = run_grid(Grid([view], specs, [0.25], [config]), ResultStore(tmp_path / "s")).rows[0]
+    expected = replay(prefix, "h2o", 0.25, config=ReplayConfig(output_error=False))
+    assert row["n"] == 32 and row["units"] == 2  # one layer x 2 KV heads
+    assert row["retained_mass"] == expected.summary["retained_mass"]

@@ -2,8 +2,10 @@
 
 Checks the H2O paper's claims (Zhang et al., NeurIPS 2023, arXiv 2306.14048), A2SF's
 (arXiv 2407.20485) and this project's own findings on the real SmolLM2-135M: Section 3
-statistics and open-loop replays on the shipped traces (``traces/smollm2-*.npz``), and
-closed-loop (live) eviction inside the model, teacher-forced on the same tokens.
+statistics and open-loop replays on the shipped traces (``traces/smollm2-*.npz``),
+closed-loop (live) eviction inside the model, teacher-forced on the same tokens, and the
+recorded long-context (``docs/long-context.json``) and needle-retrieval
+(``docs/needle/needle.json``) studies.
 
 Each row of the table is one :class:`~h2osim.studies.claims.base.Claim` holding all of it:
 the claim text, its source and what the paper says, the shared measurements it reads
@@ -14,10 +16,12 @@ and reason; its docstring is the printed rule), ``ours`` (the table cell), ``com
 The modules, in import order (each imports only those above it):
 
 * :mod:`.measurements` - settings (``FULL``, ``QUICK``) and the shared measurements
-  (:data:`~h2osim.studies.claims.measurements.MEASUREMENTS`: observe, bias, sweep, paths, live),
-  each run once for all claims that need it;
+  (:data:`~h2osim.studies.claims.measurements.MEASUREMENTS`: observe, bias, sweep, paths, live,
+  long, needle), each run once for all claims that need it; the sweep's replays are cells of
+  the results store (:mod:`h2osim.store`), so a second run reads them;
 * :mod:`.base` - :class:`Claim`, the verdicts, the threshold helpers;
-* :mod:`.rows` - the twelve claims, one block each;
+* :mod:`.rows` - the eighteen claims, one block each (five of them the length-dependent
+  claims again at n = 4096, with the same rules);
 * :mod:`.report` - ``claims.json`` (:func:`build_payload`), re-judging a stored file
   (:func:`rejudge`), ``claims.md`` and the README block;
 * :mod:`.plots` - the figures (matplotlib; imported only when drawing).

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from h2osim.studies.claims.measurements import LIVE_POLICIES, Measurements
+from h2osim.studies.claims.measurements import LIVE_POLICIES, LONG_JSON, NEEDLE_JSON, Measurements
 from h2osim.studies.claims.rows import CLAIMS, SPECS, claim_commands, claim_numbers
 
 FORMAT_VERSION = 1
@@ -103,6 +103,15 @@ def markdown(payload: Mapping[str, Any]) -> str:
            "text, the shared measurements it reads, its numbers, its rule (verdict and reason, "
            "re-judged from `claims.json` by `--from-json`), its cell, its commands and its figure. "
            "Adding a claim is adding one such object there (that module's \"How to add a claim\").", "",
+           "The sweep's replays (every policy x budget, the topk bound, the a2sf forgetting grid) are "
+           "cells of a grid in the results store (`h2osim.store`, default `.cache/claims/store`, "
+           "`--store PATH`, `--no-store`): a second run reads them instead of replaying, and the rows "
+           "keep the eviction schedules that the concave row compares and the early-bias row reads the "
+           "caches' contents from. The long-context rows (`long-*`) are rows 1, 2, 7, 9 and 10 again - "
+           "the same numbers functions and rules - on two 4096-token texts, read from the recorded "
+           f"`{LONG_JSON}` (re-measured by `python -m h2osim.claims --long`; each cell adds the same "
+           "texts' first 512 tokens judged by the same rule). The needle row reads the recorded "
+           f"retrieval study `{NEEDLE_JSON}` (docs/needle.md), its records filtered by prompt mode.", "",
            "| # | claim | source | paper | SmolLM2-135M (ours) | verdict | reproduce |",
            "|---|---|---|---|---|---|---|"]  # fmt: skip
     for i, row in enumerate(payload["claims"], 1):
@@ -189,12 +198,22 @@ def build_payload(measured: Measurements, command: str, seconds: float) -> dict[
                       "config": "teacher forcing, stream prompt mode, sum aggregation, float32 CPU"}
                      if measured.live else None),
         },
-        "claims": rows, "notes": notes,
+        "claims": rows, "notes": notes, "grid": dict(measured.grid),
         "details": {"sweep": measured.sweep, "paths": measured.paths + measured.path_defaults,
                     "live": measured.live, "observe": measured.observe,
+                    "long": _without_kept(measured.long), "needle": measured.needle,
                     "early_share": {name: {k: b[k] for k in ("early_share", "uniform_early_share", "sink_share")}
                                     for name, b in measured.bias.items()}},
     }  # fmt: skip
+
+
+def _without_kept(long: dict[str, Any]) -> dict[str, Any]:
+    """The long-context file as the details keep it: without the caches' contents by
+    position (4096 numbers per policy and text; they stay in docs/long-context.json)."""
+    if not long:
+        return {}
+    blocks = [{k: v for k, v in block.items() if k != "kept"} for block in long.get("lengths", [])]
+    return {**long, "lengths": blocks}
 
 
 def _versions(with_model: bool) -> dict[str, str]:

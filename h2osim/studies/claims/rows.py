@@ -18,7 +18,7 @@ How to add a claim
    (must render with numbers missing); optionally ``commands(context)``.
 2. ``register(Claim(id, claim, source, paper, needs=(...), numbers=..., rule=..., ours=...,
    commands=..., figure=...))``. ``needs`` names the shared measurements the numbers read
-   (``observe``, ``bias``, ``sweep``, ``paths``, ``live``); a new kind of measurement is one
+   (``observe``, ``bias``, ``sweep``, ``paths``, ``live``, ``long``, ``needle``); a new kind of measurement is one
    entry in :data:`h2osim.studies.claims.measurements.MEASUREMENTS`, a new figure one entry in
    :data:`h2osim.studies.claims.plots.FIGURES`.
 3. Add known answers for the rule to ``RULE_CASES`` in tests/test_claims.py (each threshold
@@ -50,12 +50,18 @@ from h2osim.studies.claims.base import (
 )
 from h2osim.studies.claims.measurements import (
     LIVE_POLICIES,
+    LONG_DUMPS,
+    LONG_JSON,
+    NEEDLE_JSON,
+    NEEDLE_PROMPT,
     ONLINE_PATHS,
     PATH_LABELS,
     TRACE_FILES,
     Measurements,
     geomean,
     live_values,
+    long_measured,
+    long_settings,
     mean,
     sweep_values,
 )
@@ -760,4 +766,144 @@ register(Claim(
     f"ours ({H2O}, App. D)", "Algorithm 2 allows any non-decreasing concave h (identity in the code)",
     needs=("sweep",), numbers=lambda measured: dict(measured.concave), rule=rule_concave, ours=ours_concave,
     commands=lambda c: [c.loop("replay", f"--policy h2o,h2o-sqrt,h2o-log --sweep {c.budgets}")],
+))  # fmt: skip
+
+
+# ======================================================================= 13-17. long context
+# The length-dependent claims again, at n = 4096 on two long texts (issue #16): the SAME
+# numbers functions and the SAME rules as rows 1, 2, 7, 9 and 10, applied to the recorded
+# long-context measurement (docs/long-context.json); the cell adds the same texts' first
+# 512 tokens, judged by the same rule.
+def _long_numbers(numbers_of):
+    """numbers(measured) of a long row: ``numbers_of`` on the longest recorded length, its
+    n and texts, and under ``short`` the same on the shortest length (the first 512 tokens)."""
+
+    def numbers(measured: Measurements) -> dict[str, Any]:
+        longest = long_measured(measured.long, "longest")
+        shortest = long_measured(measured.long, "shortest")
+        if longest is None:
+            return {**numbers_of(Measurements(settings=long_settings())), "n": None,
+                    "texts": None, "short": None}  # fmt: skip
+        size = lambda m: max(info["n"] for info in m.traces.values())  # noqa: E731
+        short = None
+        if shortest is not None and size(shortest) != size(longest):
+            short = {**numbers_of(shortest), "n": size(shortest)}
+        return {**numbers_of(longest), "n": size(longest), "texts": sorted(longest.traces),
+                "short": short}  # fmt: skip
+
+    return numbers
+
+
+def _long_ours(base: Claim):
+    def ours(x: Numbers) -> str:
+        if x.get("n") is None:
+            return f"not measured (no {LONG_JSON}; python -m h2osim.claims --long)"
+        text = f"n = {x['n']} ({', '.join(x.get('texts') or [])}): {base.ours(x)}"
+        short = x.get("short")
+        if isinstance(short, dict):
+            judged = base.judge(short)
+            text += f". Their first {short.get('n')} tokens: {judged.reason} ({judged.verdict})"
+        return text
+
+    return ours
+
+
+def commands_long(context: CommandContext) -> list[str]:
+    return [*LONG_DUMPS, f"python -m h2osim.claims --long  # re-measures {LONG_JSON}"]
+
+
+def _register_long(base_id: str, claim: str, numbers_of, paper: str | None = None) -> None:
+    base = SPECS[base_id]
+    register(Claim(
+        f"long-{base_id}", claim, base.source, paper or base.paper, needs=("long",),
+        numbers=_long_numbers(numbers_of), rule=base.rule, ours=_long_ours(base),
+        commands=commands_long,
+    ))  # fmt: skip
+
+
+_register_long("sparsity", "At n = 4096 (two texts): attention is sparse, > 95% of entries below 1% of the row max",
+               numbers_sparsity)  # fmt: skip
+_register_long("power-law", "At n = 4096 (two texts): accumulated attention follows a power law",
+               numbers_power_law)  # fmt: skip
+_register_long("early-bias", "At n = 4096 (two texts): accumulated scores are biased toward early tokens",
+               numbers_early_bias)  # fmt: skip
+_register_long("opt-gap", "At n = 4096 (two texts): H2O is within 0.05 retained mass of the exact optimum at a 20% budget",
+               lambda measured: _gap_numbers(measured, "h2o"))  # fmt: skip
+_register_long("belady", "At n = 4096 (two texts): Belady is close to, but not, optimal at a 20% budget",
+               numbers_belady)  # fmt: skip
+
+
+# ======================================================================= 18. needle retrieval
+NEEDLE_MATCH = 0.9  # "matches the full cache": >= 0.9x its exact-match accuracy
+NEEDLE_PARTLY = 0.5
+
+
+def _prompt(record: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What names one needle prompt (the same prompt is run with every policy)."""
+    return tuple(record.get(key) for key in NEEDLE_PROMPT)
+
+
+def numbers_needle(measured: Measurements) -> dict[str, Any]:
+    """h2o's and the full cache's exact-match accuracy at the main budget (a share of the
+    prompt), on the same prompts, for each prompt mode recorded (read by the records'
+    ``prompt_mode`` field; the full cache runs once per prompt)."""
+    records = measured.needle.get("records") or []
+    main = measured.settings.main_budget
+    full = {_prompt(r): bool(r["correct"]) for r in records if r.get("policy") == "full"}
+    by_mode: dict[str, list[Mapping[str, Any]]] = {}
+    for r in records:
+        if r.get("policy") == "h2o" and r.get("budget_requested") == main and _prompt(r) in full:
+            by_mode.setdefault(str(r.get("prompt_mode")), []).append(r)
+    modes = {mode: {"trials": len(rows), "h2o": mean([float(bool(r["correct"])) for r in rows]),
+                    "full": mean([float(full[_prompt(r)]) for r in rows])}
+             for mode, rows in sorted(by_mode.items())}  # fmt: skip
+    relative = {mode: m["h2o"] / m["full"] for mode, m in modes.items() if m["full"]}
+    lengths = sorted({r["length"] for rows in by_mode.values() for r in rows if r.get("length")})
+    return {
+        "budget": main, "modes": modes, "relative": relative,
+        "min_relative": min(relative.values()) if relative else None,
+        "max_relative": max(relative.values()) if relative else None,
+        "lengths": lengths, "file": measured.needle.get("file"),
+    }  # fmt: skip
+
+
+def rule_needle(numbers: Numbers) -> Judgement:
+    """Passkey retrieval in the live model (exact match) at a 20% budget (a share of the
+    prompt): h2o's accuracy over the full cache's on the same prompts, in each prompt mode
+    recorded. holds if it is >= 0.9 in every mode; partly if >= 0.5 in at least one;
+    else does not hold."""
+    if missing := not_measured(numbers, "min_relative", "max_relative"):
+        return missing
+    low, high = numbers["min_relative"], numbers["max_relative"]
+    said = (f"h2o / full cache accuracy {low:.2f}" if low == high
+            else f"h2o / full cache accuracy {low:.2f}-{high:.2f} over prompt modes")  # fmt: skip
+    if ge(low, NEEDLE_MATCH):
+        return Judgement(HOLDS, f"{said} (>= {NEEDLE_MATCH:g} in every mode)")
+    if ge(high, NEEDLE_PARTLY):
+        return Judgement(
+            PARTLY, f"{said} (< {NEEDLE_MATCH:g} somewhere, >= {NEEDLE_PARTLY:g} in one)"
+        )
+    return Judgement(FAILS, f"{said} (< {NEEDLE_PARTLY:g} in every mode)")
+
+
+def ours_needle(x: Numbers) -> str:
+    modes = x.get("modes") or {}
+    if not modes:
+        return f"not measured (no {NEEDLE_JSON})"
+    lengths = ", ".join(str(n) for n in x.get("lengths") or [])
+    said = "; ".join(f"prompt mode {mode}: h2o {fmt(m.get('h2o'), '.2f')} vs full cache "
+                     f"{fmt(m.get('full'), '.2f')} ({m.get('trials')} prompts)" for mode, m in modes.items())  # fmt: skip
+    return f"passkey exact match at 20% of the prompt, {lengths} tokens: {said}"
+
+
+def commands_needle(context: CommandContext) -> list[str]:
+    recorded = context.measured.needle.get("command")
+    return [f"{recorded}  # its records: {NEEDLE_JSON}"] if recorded else []
+
+
+register(Claim(
+    "needle", "At a 20% budget H2O matches the full cache on needle (passkey) retrieval (live)",
+    f"{H2O}, Sec. 5", "H2O with a 20% KV budget matches the full cache (task accuracy on lm-eval-harness and HELM tasks, OPT/LLaMA/GPT-NeoX)",
+    needs=("needle",), numbers=numbers_needle, rule=rule_needle, ours=ours_needle,
+    commands=commands_needle,
 ))  # fmt: skip
