@@ -38,6 +38,7 @@ PAGES = [  # (url path, screenshot name, what proves it rendered)
     ("policy_race", "policy-race", "chart"),
     ("theory_lab", "theory-lab", "chart"),
     ("live_lab", "live-lab", "text"),
+    ("needle_lab", "needle-lab", "text"),
 ]
 # The heatmap is a PNG inside a Vega-Lite image mark: an <image> in the chart's SVG.
 # Vega draws it on a canvas (many hover cells) or as an SVG <image>.
@@ -147,6 +148,7 @@ MAIN_VISUAL = {  # presenter mode: what must be inside the 1280x720 viewport
     "eviction-dynamics": '[data-testid="stVegaLiteChart"]',
     "policy-race": '[data-testid="stVegaLiteChart"]',
     "live-lab": '[data-testid="stForm"]',
+    "needle-lab": '[data-testid="stForm"]',
 }
 
 

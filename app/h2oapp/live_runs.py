@@ -153,3 +153,48 @@ def own_text_trace(text: str, max_tokens: int) -> tuple[str, str]:
     trace.save(path, encoding="quantized")
     cut = f", first {len(ids)} of {len(full)}" if len(full) > len(ids) else ""
     return str(path), f"{len(ids)} tokens{cut}"
+
+
+# ----------------------------------------------------------------- needle lab
+NeedleSpec = tuple[tuple[str, Any], ...]  # TaskSpec fields, sorted (name, value) pairs
+
+
+def _needle_task(spec: NeedleSpec, own: tuple[str, str, tuple[int, int]] | None, tokenizer):
+    """The study's task: generated from ``spec`` (:func:`h2osim.studies.needle.make_task`,
+    sized in the model's tokens) or, with ``own = (text, answer, span)``, the user's text
+    with the needle at ``span`` (characters)."""
+    from h2osim.studies.needle import NeedleTask, TaskSpec, make_task, token_counter
+
+    fields = dict(spec)
+    if own is None:
+        return make_task(TaskSpec(**fields), token_counter(tokenizer))
+    text, answer, span = own
+    return NeedleTask(spec=TaskSpec(needle=fields.get("needle", "digits")), text=text,
+                      answer=answer, needle_span=span, sentence_span=span)  # fmt: skip
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def needle_trial(
+    spec: NeedleSpec,
+    own: tuple[str, str, tuple[int, int]] | None,
+    specs: PolicySpecs,
+    budget: float,
+    mode: str,
+) -> dict[str, Any]:
+    """One trial of the needle study (:func:`h2osim.studies.needle.run_trial`) on the
+    server's one model (:func:`live_model`): the records (answers, right or wrong, share
+    of the needle held) and per policy the share of cache units holding each needle token
+    at the answer row. Plain data, cached by its inputs for every session."""
+    from h2osim.studies.needle import encode_task, run_trial
+
+    loaded = live_model()
+    tokenizer = loaded[1]
+    encoded = encode_task(tokenizer, _needle_task(spec, own, tokenizer))
+    names = [name for name, _ in specs]
+    params = {name: dict(values) for name, values in specs}
+    trial = run_trial(loaded, encoded, names, [budget], [mode], policy_params=params)
+    pieces = [tokenizer.decode([encoded.ids[i]]) for i in encoded.needle_tokens]
+    held = {name: held.mean(axis=0).tolist() for (name, _, _), held in trial.kept.items()}
+    return {"records": trial.records, "pieces": pieces, "held": held, "n": encoded.n,
+            "positions": encoded.needle_tokens.tolist(), "seconds": trial.seconds,
+            "text": encoded.task.text, "answer": encoded.task.answer}  # fmt: skip
