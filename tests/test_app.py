@@ -176,7 +176,14 @@ def test_eviction_dynamics_policy_choice_and_output_error(app):
     assert metric_values(app)[3:] != right_before
     app.checkbox(key="dyn_output_error").check().run()
     assert metric_values(app)[2] != "off"
-    float(metric_values(app)[2])
+    # the number is the engine's: a replay with the output error, as the CLI's
+    from h2osim.engine import ReplayConfig, replay
+    from h2osim.trace import Trace
+
+    trace = Trace.load(app.sidebar.selectbox(key="trace").value)
+    for policy, shown in (("h2o", metric_values(app)[2]), ("sink", metric_values(app)[5])):
+        summary = replay(trace, policy, 0.2, config=ReplayConfig(output_error=True)).summary
+        assert shown == f"{summary['output_error']:.3f}", policy
     app.selectbox(key="dyn_unit").set_value(5 - app.selectbox(key="dyn_unit").value).run()
     assert not app.exception
 
