@@ -119,10 +119,17 @@ def _model_future() -> Future:
 
 
 def _load() -> tuple[Any, Any, Any]:
+    import gc
+
     from h2osim.model import load_model, set_threads
 
     set_threads(1)
-    return load_model()
+    loaded = load_model()
+    # torch and the model add ~10^5 long-lived objects: a full garbage collection then
+    # holds the GIL ~0.9 s (every session waits); frozen, later collections skip them
+    gc.collect()
+    gc.freeze()
+    return loaded
 
 
 def start_loading_model() -> None:
