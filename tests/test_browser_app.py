@@ -288,12 +288,15 @@ def test_needle_lab_answers_in_chromium(app_url, browser, screenshot_folder, pre
         text = page.locator('[data-testid="stMainBlockContainer"]').inner_text()
         assert "Answers (the needle is" in text and "Needle held" in text
         assert page.locator('[data-testid="stVegaLiteChart"]').count() == 2
-        chart = page.locator('[data-testid="stVegaLiteChart"]').first
-        if presenting:  # the answers chart starts inside the screen, above the settings
-            box = chart.bounding_box()
+        heading = page.get_by_text("Answers (the needle is")
+        if presenting:  # the answers start inside the screen, above the settings
+            title = page.locator('[data-testid="stMainBlockContainer"] h1').first
+            title.evaluate("(node) => node.scrollIntoView({block: 'start'})")  # the page top
+            page.wait_for_timeout(300)
+            box = page.locator('[data-testid="stVegaLiteChart"]').first.bounding_box()
             assert box is not None and 0 <= box["y"] <= 720 - 100, box
         else:  # below the settings: scrolled to, as a reader would
-            page.get_by_text("Answers (the needle is").scroll_into_view_if_needed()
+            heading.evaluate("(node) => node.scrollIntoView({block: 'start'})")
             page.wait_for_timeout(300)
         name = "presenter-needle-lab-answers" if presenting else "needle-lab-answers"
         page.screenshot(path=str(screenshot_folder / f"{name}.png"))

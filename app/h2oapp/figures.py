@@ -609,9 +609,10 @@ def needle_answers_chart(records: Sequence[Mapping[str, Any]]) -> Spec:
     y = _n("policy", title=None, sort=policies)
     tooltip = [_n("policy"), _q("k"), _q("needle held", format=".0%"), _n("answer"), _n("output")]
     return {
-        "title": "needle held at the answer row, and the answer",
+        "title": "needle held, and the answer",
         "height": {"step": 34},
         "datasets": {"runs": rows},
+        "resolve": {"scale": {"color": "independent"}},  # policy colours; right/wrong
         "layer": [
             {"data": {"name": "runs"}, "mark": {"type": "bar"},
              "encoding": {"y": y, "x": _q("needle held", "share of the needle held (all cache units)",
