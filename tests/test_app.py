@@ -424,8 +424,8 @@ def test_needle_lab_runs_on_the_servers_one_model(app, monkeypatch):
     Live lab's) into the study's run_trial, and its answers are drawn in the policies'
     colours."""
     import numpy as np
-
     from h2oapp import figures
+
     from h2osim.studies import needle
 
     loaded = (object(), _WordTokenizer(), None)
