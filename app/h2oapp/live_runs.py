@@ -8,6 +8,7 @@ mode - and returned as plain data (records, per-step arrays, decoded text).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import tempfile
@@ -24,19 +25,23 @@ OWN_TRACE_FOLDER = Path(tempfile.gettempdir()) / "h2osim-own-text"
 PolicySpecs = tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]  # (name, params) pairs
 
 
+@functools.cache
 def bundled_model_file() -> Path | None:
     """The GGUF inside the installed model package, or None. The package is not imported
-    (it would import llama-cpp); only its location is looked up."""
+    (it would import llama-cpp); only its location is looked up, once per process (every
+    trace page asks, and each look-up searches sys.path: restart after `make setup`)."""
     spec = importlib.util.find_spec(MODEL_PACKAGE)
     locations = list(spec.submodule_search_locations or []) if spec else []
     path = Path(locations[0]) / MODEL_FILE if locations else None
     return path if path is not None and path.is_file() else None
 
 
-def missing_model_stack() -> list[str]:
-    """Python packages live eviction needs that are not installed."""
-    return [name for name in ("torch", "transformers", "gguf", "accelerate")
-            if importlib.util.find_spec(name) is None]  # fmt: skip
+@functools.cache
+def missing_model_stack() -> tuple[str, ...]:
+    """Python packages live eviction needs that are not installed (looked up once per
+    process, as :func:`bundled_model_file`)."""
+    return tuple(name for name in ("torch", "transformers", "gguf", "accelerate")
+                 if importlib.util.find_spec(name) is None)  # fmt: skip
 
 
 def live_model() -> tuple[Any, Any, Any]:
