@@ -167,7 +167,10 @@ async def session(browser, base: str, trace: str, pages: list[str], rows: list,
         page, seconds = await open_page(context or browser, f"{base}/{path}?trace={trace}", name)
         rows.append(("cold page", name, seconds))
         for what, act in interactions(name):
-            rows.append(("interaction", f"{name}: {what}", await act_and_settle(page, act)))
+            try:
+                rows.append(("interaction", f"{name}: {what}", await act_and_settle(page, act)))
+            except TimeoutError as exc:
+                raise TimeoutError(f"{name}: {what} on {trace}: {exc}") from exc
         await page.close()
     if context is not None:
         await context.close()
