@@ -16,9 +16,19 @@ if importlib.util.find_spec("h2osim") is None:
         "(it installs h2osim into .venv), then `.venv/bin/streamlit run app/main.py`."
     )
     st.stop()
-from h2osim.cli import limit_threads  # noqa: E402
 
-limit_threads()  # one BLAS thread: many small products per replay (see h2osim.cli)
+
+@st.cache_resource(show_spinner=False)
+def _one_blas_thread() -> int:
+    """One BLAS thread for the server (many small products per replay, see h2osim.cli),
+    set once per process: threadpoolctl walks every loaded library (3 ms a call once
+    torch is loaded), and this file runs again at every rerun of every session."""
+    from h2osim.cli import limit_threads
+
+    return limit_threads()
+
+
+_one_blas_thread()
 pages = [
     st.Page(
         "views/by_hand.py", title="Algorithm 1 by hand", icon=":material/edit_note:", default=True

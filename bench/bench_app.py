@@ -52,6 +52,7 @@ DRAWN = {  # the page's main visual, drawn
     "eviction_dynamics": '[data-testid="stVegaLiteChart"] svg',
     "policy_race": '[data-testid="stVegaLiteChart"] svg',
     "live_lab": '[data-testid="stForm"]',
+    "needle_lab": '[data-testid="stForm"]',
     "theory_lab": '[data-testid="stVegaLiteChart"] svg',  # not in the default --pages
 }
 LIMITS = {"cold page": 2.0, "interaction p95": 1.0}
@@ -166,7 +167,10 @@ async def session(browser, base: str, trace: str, pages: list[str], rows: list,
         page, seconds = await open_page(context or browser, f"{base}/{path}?trace={trace}", name)
         rows.append(("cold page", name, seconds))
         for what, act in interactions(name):
-            rows.append(("interaction", f"{name}: {what}", await act_and_settle(page, act)))
+            try:
+                rows.append(("interaction", f"{name}: {what}", await act_and_settle(page, act)))
+            except TimeoutError as exc:
+                raise TimeoutError(f"{name}: {what} on {trace}: {exc}") from exc
         await page.close()
     if context is not None:
         await context.close()
@@ -239,11 +243,37 @@ def start_server(port: int, log: Path) -> subprocess.Popen:
     raise TimeoutError("streamlit did not start within 90 s")
 
 
+def ensure_precomputed(paths: list[Path]) -> str:
+    """``make setup``'s step (``precompute.py --if-stale``) for these traces, so the race
+    reads the stored cells as a set-up server does (the store is keyed on the library's
+    code version: any change to h2osim/ makes it stale). Says what it did."""
+    from h2oapp import precompute
+
+    stale = [p for p in paths if not precompute.read_payload(precompute.file_sha256(p))]
+    if not stale:
+        return f"race store current for all {len(paths)} traces ({precompute.store_folder()})"
+    started = time.perf_counter()
+    subprocess.run([sys.executable, str(REPO_ROOT / "app" / "h2oapp" / "precompute.py"),
+                    *map(str, stale)], check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+    return (f"race store was stale for {len(stale)} of {len(paths)} traces: precomputed in "
+            f"{time.perf_counter() - started:.0f} s (as make setup does)")  # fmt: skip
+
+
+def load() -> str:
+    """The machine's load average, printed beside every figure (the machine is shared)."""
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.1f} / {five:.1f} / {fifteen:.1f} on {os.cpu_count()} CPUs"
+
+
 async def run(args: argparse.Namespace) -> int:
     from playwright.async_api import async_playwright
 
-    traces = [Path(t).name for t in (args.trace or shipped_traces())]
+    paths = [Path(t).resolve() for t in (args.trace or shipped_traces())]
+    traces = [p.name for p in paths]
     pages = args.pages.split(",")
+    if args.precompute:
+        print(ensure_precomputed(paths))
+    print(f"start: {load()}")
     port = free_port()
     log = Path(tempfile.gettempdir()) / f"bench-app-{port}.log"
     server = start_server(port, log)
@@ -257,6 +287,7 @@ async def run(args: argparse.Namespace) -> int:
             print(f"single session, {len(traces)} traces ({', '.join(traces)}), 1280x720")
             print("\n".join(summary(rows)))
             print(totals(rows, "single session"))
+            print(f"after the single session: {load()}")
             if args.sessions:
                 concurrent: list[tuple[str, str, float]] = []
                 started = time.perf_counter()
@@ -268,6 +299,7 @@ async def run(args: argparse.Namespace) -> int:
                       f"{len(interactions('policy_race'))} interactions each), wall {wall:.1f} s")  # fmt: skip
                 print("\n".join(summary(concurrent)))
                 print(totals(concurrent, f"{args.sessions} sessions"))
+                print(f"after the concurrent sessions: {load()}")
             await browser.close()
         if args.script_times:
             paths = [Path(t) for t in (args.trace or shipped_traces())]
@@ -289,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trace", action="append", type=Path,
                         help="trace to open the pages on (repeatable; default: every shipped trace)")  # fmt: skip
-    parser.add_argument("--pages", default="by_hand,trace_explorer,eviction_dynamics,policy_race,live_lab",
+    parser.add_argument("--pages", default="by_hand,trace_explorer,eviction_dynamics,policy_race,live_lab,needle_lab",
                         help="comma list of pages (url paths)")  # fmt: skip
     parser.add_argument("--sessions", type=int, default=10,
                         help="concurrent sessions for the second part (0 = skip)")  # fmt: skip
@@ -297,6 +329,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds the concurrent part may take at most")  # fmt: skip
     parser.add_argument("--fresh-cache", action="store_true",
                         help="every tab with an empty browser cache (a first visit)")  # fmt: skip
+    parser.add_argument("--no-precompute", dest="precompute", action="store_false",
+                        help="leave a stale race store stale (default: refresh it first, as "
+                        "make setup does)")  # fmt: skip
     parser.add_argument("--script-times", action="store_true",
                         help="also time each page's script alone (AppTest, no browser)")  # fmt: skip
     args = parser.parse_args(argv)

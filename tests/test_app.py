@@ -32,6 +32,7 @@ EVICTION_DYNAMICS = "views/eviction_dynamics.py"
 POLICY_RACE = "views/policy_race.py"
 THEORY_LAB = "views/theory_lab.py"
 LIVE_LAB = "views/live_lab.py"
+NEEDLE_LAB = "views/needle_lab.py"
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +176,14 @@ def test_eviction_dynamics_policy_choice_and_output_error(app):
     assert metric_values(app)[3:] != right_before
     app.checkbox(key="dyn_output_error").check().run()
     assert metric_values(app)[2] != "off"
-    float(metric_values(app)[2])
+    # the number is the engine's: a replay with the output error, as the CLI's
+    from h2osim.engine import ReplayConfig, replay
+    from h2osim.trace import Trace
+
+    trace = Trace.load(app.sidebar.selectbox(key="trace").value)
+    for policy, shown in (("h2o", metric_values(app)[2]), ("sink", metric_values(app)[5])):
+        summary = replay(trace, policy, 0.2, config=ReplayConfig(output_error=True)).summary
+        assert shown == f"{summary['output_error']:.3f}", policy
     app.selectbox(key="dyn_unit").set_value(5 - app.selectbox(key="dyn_unit").value).run()
     assert not app.exception
 
@@ -293,7 +301,7 @@ def test_presenter_mode_from_the_url_folds_the_intro(app):
 
 
 def test_glossary_is_in_every_sidebar(app):
-    for page in (BY_HAND, TRACE_EXPLORER, EVICTION_DYNAMICS, POLICY_RACE, LIVE_LAB):
+    for page in (BY_HAND, TRACE_EXPLORER, EVICTION_DYNAMICS, POLICY_RACE, LIVE_LAB, NEEDLE_LAB):
         open_page(app, page)
         labels = [e.label for e in app.sidebar.expander]
         assert "Glossary" in labels, page
@@ -367,6 +375,99 @@ def test_live_lab_generates_and_scores_with_the_real_model(app):
     assert table["perplexity_gap"].iloc[0] == 0
     assert (table["kl"].iloc[1:] >= 0).all()
     assert len(charts(app)) == 1
+
+
+# ----------------------------------------------------------------- needle lab
+def test_needle_lab_has_the_shared_sidebar_and_url_state(app):
+    app.query_params.update({"presenter": "1", "policies": "window,h2o,opt", "budget": "0.32"})
+    app.switch_page(NEEDLE_LAB).run()  # the link's page is the session's first run
+    assert not app.exception, app.exception
+    assert app.title[0].value == "Needle lab"
+    assert app.sidebar.toggle(key="presenter").value
+    assert app.expander[0].label == "About this page"  # the intro folded, as on every page
+    assert "Glossary" in [e.label for e in app.sidebar.expander]
+    picker = app.multiselect(key="needle_policies")
+    assert picker.value == ["window", "h2o"]  # opt is offline: a real cache cannot see ahead
+    assert "opt" not in picker.options and "full" not in picker.options
+    assert app.slider(key="needle_budget").value == pytest.approx(0.3)  # the slider's grid
+    assert "Run" in app.info[0].value
+    picker.set_value(["sink"])
+    app.slider(key="needle_budget").set_value(0.5)
+    app.button(key="needle_run").click()  # a form: widgets apply on submit (empty own text)
+    app.radio(key="needle_source").set_value("own").run()
+    assert str(app.query_params["policies"]) in ("sink", "['sink']")
+    assert "0.5" in str(app.query_params["budget"])
+    classroom = set(app.multiselect(key="needle_policies").options)
+    app.sidebar.toggle(key="advanced").set_value(True).run()
+    advanced = set(app.multiselect(key="needle_policies").options)
+    assert classroom < advanced and advanced <= set(policy_names(online=True)) - {"full"}
+
+
+class _WordTokenizer:
+    """A stand-in tokenizer: one token per word, with character offsets."""
+
+    def __call__(self, text, return_offsets_mapping=False, add_special_tokens=True):
+        import re
+
+        spans = [match.span() for match in re.finditer(r"\S+", text)]
+        encoded = {"input_ids": list(range(len(spans)))}
+        if return_offsets_mapping:
+            encoded["offset_mapping"] = spans
+        return encoded
+
+    def decode(self, ids):
+        return " ".join(f"w{i}" for i in ids)
+
+
+def test_needle_lab_runs_on_the_servers_one_model(app, monkeypatch):
+    """The page's trial goes through live_runs.live_model (the one model per server, the
+    Live lab's) into the study's run_trial, and its answers are drawn in the policies'
+    colours."""
+    import numpy as np
+    from h2oapp import figures
+
+    from h2osim.studies import needle
+
+    loaded = (object(), _WordTokenizer(), None)
+    seen = []
+
+    def fake_run_trial(got, encoded, policies, budgets, modes, policy_params=None):
+        seen.append((got, list(policies), list(budgets), list(modes), policy_params))
+        units = 6
+        kept = {(name, 4, modes[0]): np.ones((units, len(encoded.needle_tokens)), dtype=bool)
+                for name in policies}  # fmt: skip
+        records = [{"policy": name, "budget": 4 if name != "full" else encoded.n,
+                    "needle_held": 1.0 if name != "window" else 0.0, "correct": name != "window",
+                    "output": " 4711." if name != "window" else " the pass key"}
+                   for name in ["full", *policies]]  # fmt: skip
+        return needle.TrialResult(encoded, records, kept, seconds=0.1)
+
+    monkeypatch.setattr(live_runs, "live_model", lambda: loaded)
+    monkeypatch.setattr(needle, "run_trial", fake_run_trial)
+    live_runs.needle_trial.clear()
+    open_page(app, NEEDLE_LAB)
+    app.multiselect(key="needle_policies").set_value(["h2o", "window"])
+    app.slider(key="needle_length").set_value(128)
+    app.button(key="needle_run").click().run()  # a generated text: sized by the shared tokenizer
+    assert not app.exception, app.exception
+    assert seen[-1][0] is loaded and seen[-1][1:4] == (["h2o", "window"], [0.2], ["full"])
+    assert seen[-1][4] == {"h2o": {"heavy_ratio": 0.5}, "window": {}}  # the parameter inputs
+    app.radio(key="needle_source").set_value("own")
+    app.text_area(key="needle_text").set_value(
+        "The pass key is 4711. Remember it. What is the pass key? The pass key is"
+    )
+    app.text_input(key="needle_answer").set_value("4711")
+    app.button(key="needle_run").click().run()
+    assert not app.exception, app.exception
+    assert seen[-1][0] is loaded and len(seen) == 2
+    assert "'4711'" in app.subheader[0].value
+    answers, tokens = (json.loads(chart.proto.spec) for chart in app.get("vega_lite_chart"))
+    colours = answers["layer"][0]["encoding"]["color"]["scale"]
+    assert colours["domain"] == ["full", "h2o", "window"]
+    assert colours["range"] == [figures.policy_colour(p) for p in ("full", "h2o", "window")]
+    assert [m.value for m in app.metric] == ["100%", "100%", "0%"]
+    assert list(app.dataframe[0].value.index) == ["h2o", "window"]
+    live_runs.needle_trial.clear()
 
 
 # ----------------------------------------------------------------- traces and uploads
@@ -472,3 +573,25 @@ def test_every_registered_policy_runs_on_the_dynamics_page(app):
         app.selectbox(key="dyn_policy_b").set_value(name).run()
         assert not app.exception, (name, app.exception)
         assert app.error or len(charts(app)) == 3, name
+
+
+def test_streamlit_settings_keep_reruns_cheap_and_no_page_needs_magic():
+    """.streamlit/config.toml turns off the gc.collect after every script run (0.3-0.9 s
+    holding the GIL) and "magic" (an AST pass per cold page): then no page may rely on
+    magic, i.e. hold a bare expression other than a docstring or a call."""
+    import ast
+
+    import tomllib
+
+    config = tomllib.loads((REPO_ROOT / ".streamlit" / "config.toml").read_text())
+    assert config["runner"] == {"postScriptGC": False, "magicEnabled": False}
+    scripts = [REPO_ROOT / "app" / "main.py", *sorted((REPO_ROOT / "app" / "views").glob("*.py"))]
+    assert len(scripts) >= 8
+    for script in scripts:
+        for node in ast.walk(ast.parse(script.read_text())):
+            body = getattr(node, "body", None)
+            for index, statement in enumerate(body if isinstance(body, list) else []):
+                if not isinstance(statement, ast.Expr) or isinstance(statement.value, ast.Call):
+                    continue
+                docstring = index == 0 and isinstance(statement.value, ast.Constant)
+                assert docstring, f"{script.name}:{statement.lineno} needs magic to show"

@@ -67,6 +67,8 @@ def test_step_view_says_what_happens(app):
     app.slider(key="bh_step").set_value(4).run()
     text = " ".join(m.value for m in app.markdown)
     assert "**Step 4**: 'in' arrives" in text and "Evicted: **and**" in text
+    table = app.dataframe[0].value
+    assert table.loc[table["now"] == "▶", "step t"].tolist() == [4]  # this step's row, marked
     app.button(key="bh_back").click().run()
     assert "nothing is evicted" in " ".join(m.value for m in app.markdown)
 

@@ -38,6 +38,7 @@ PAGES = [  # (url path, screenshot name, what proves it rendered)
     ("policy_race", "policy-race", "chart"),
     ("theory_lab", "theory-lab", "chart"),
     ("live_lab", "live-lab", "text"),
+    ("needle_lab", "needle-lab", "text"),
 ]
 # The heatmap is a PNG inside a Vega-Lite image mark: an <image> in the chart's SVG.
 # Vega draws it on a canvas (many hover cells) or as an SVG <image>.
@@ -147,6 +148,7 @@ MAIN_VISUAL = {  # presenter mode: what must be inside the 1280x720 viewport
     "eviction-dynamics": '[data-testid="stVegaLiteChart"]',
     "policy-race": '[data-testid="stVegaLiteChart"]',
     "live-lab": '[data-testid="stForm"]',
+    "needle-lab": '[data-testid="stForm"]',
 }
 
 
@@ -265,3 +267,39 @@ def test_token_strip_tooltip_carries_token_text(app_url, browser):
         assert "(token " in text and "rank" in text, text
     finally:
         page.close()
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("presenting", [False, True], ids=["normal", "presenter"])
+def test_needle_lab_answers_in_chromium(app_url, browser, screenshot_folder, presenting):
+    """A real run on the server's one model (the second one hits the cache): the answers
+    chart in the policy colours and the needle-token map are drawn, a 1280x720 screenshot
+    of each mode (presenter mode: the answers at the top of the screen)."""
+    page = browser.new_page(viewport={"width": 1280, "height": 720})
+    watch = Watch(page)
+    query = "?policies=h2o,window,sink&budget=0.2" + ("&presenter=1" if presenting else "")
+    try:
+        _open(page, f"{app_url}/needle_lab{query}", "text")
+        page.locator(".st-key-needle_run button").click()
+        page.wait_for_selector('[data-testid="stVegaLiteChart"]', timeout=300_000)
+        page.wait_for_function(CHART_DRAWN, timeout=60_000)
+        _wait_until_idle(page, timeout=300.0)
+        page.wait_for_timeout(800)  # the charts' final layout
+        text = page.locator('[data-testid="stMainBlockContainer"]').inner_text()
+        assert "Answers (the needle is" in text and "Needle held" in text
+        assert page.locator('[data-testid="stVegaLiteChart"]').count() == 2
+        heading = page.get_by_text("Answers (the needle is")
+        if presenting:  # the answers start inside the screen, above the settings
+            title = page.locator('[data-testid="stMainBlockContainer"] h1').first
+            title.evaluate("(node) => node.scrollIntoView({block: 'start'})")  # the page top
+            page.wait_for_timeout(300)
+            box = page.locator('[data-testid="stVegaLiteChart"]').first.bounding_box()
+            assert box is not None and 0 <= box["y"] <= 720 - 100, box
+        else:  # below the settings: scrolled to, as a reader would
+            heading.evaluate("(node) => node.scrollIntoView({block: 'start'})")
+            page.wait_for_timeout(300)
+        name = "presenter-needle-lab-answers" if presenting else "needle-lab-answers"
+        page.screenshot(path=str(screenshot_folder / f"{name}.png"))
+    finally:
+        page.close()
+    watch.check("needle-lab")

@@ -439,9 +439,10 @@ def player(prefix: str, last_step: int, draw: Any, speeds: tuple[int, ...] = (1,
            start_at: int | None = None) -> None:  # fmt: skip
     """Start / step back / play-pause / step forward buttons and a step slider, shared by
     the pages that animate a cache (keys ``{prefix}_step``, ``{prefix}_playing``,
-    ``{prefix}_speed``). ``draw(t)`` draws the view of step t inside a fragment that, while
-    playing, re-runs alone every frame. The step survives page switches; play stops
-    when the user leaves the page (:func:`page_intro`)."""
+    ``{prefix}_speed``). The controls and ``draw(t)``, the view of step t, sit in one
+    fragment: a step, a slider move or a speed change re-runs only the fragment, and
+    while playing it re-runs alone every frame. The step survives page switches; play
+    stops when the user leaves the page (:func:`page_intro`)."""
     step_key, playing_key, speed_key = f"{prefix}_step", f"{prefix}_playing", f"{prefix}_speed"
     keep_across_pages(step_key, speed_key)
     url_step = url_value("step")
@@ -458,32 +459,37 @@ def player(prefix: str, last_step: int, draw: Any, speeds: tuple[int, ...] = (1,
         if playing and st.session_state[step_key] >= last_step:
             st.session_state[step_key] = 0
 
+    playing_now = st.session_state[playing_key]  # the timer of this page run
+
     def move(delta: int) -> None:
         st.session_state[playing_key] = False
         st.session_state[step_key] = min(last_step, max(0, st.session_state[step_key] + delta))
 
-    buttons = st.columns([1, 1, 1, 1, 3])
-    playing = st.session_state[playing_key]
-    buttons[0].button("start", key=f"{prefix}_start", icon=":material/first_page:",
-                      on_click=move, args=(-last_step - 1,))  # fmt: skip
-    buttons[1].button("step", key=f"{prefix}_back", icon=":material/chevron_left:",
-                      on_click=move, args=(-1,))  # fmt: skip
-    buttons[2].button(
-        "pause" if playing else "play", key=f"{prefix}_play", type="primary", on_click=toggle,
-        icon=":material/pause:" if playing else ":material/play_arrow:",
-    )  # fmt: skip
-    buttons[3].button("step", key=f"{prefix}_forward", icon=":material/chevron_right:",
-                      icon_position="right", on_click=move, args=(1,))  # fmt: skip
-    buttons[4].select_slider("Tokens per frame", list(speeds), key=speed_key)
-
-    @st.fragment(run_every=FRAME_SECONDS if playing else None)
+    @st.fragment(run_every=FRAME_SECONDS if playing_now else None)
     def frame() -> None:
-        if st.session_state[playing_key]:
+        """The controls and the view: a step, a slider move or a speed change re-runs
+        this fragment alone; play and pause re-run the page once (to set the timer)."""
+        playing = st.session_state[playing_key]
+        if playing != playing_now:  # play or pause was pressed: start or stop the timer
+            st.rerun(scope="app")
+        if playing:
             step = st.session_state[step_key] + st.session_state[speed_key]
             st.session_state[step_key] = min(step, last_step)
             if step >= last_step:  # the end: stop, and re-run the page to drop the timer
                 st.session_state[playing_key] = False
-                st.rerun()
+                st.rerun(scope="app")
+        buttons = st.columns([1, 1, 1, 1, 3])
+        buttons[0].button("start", key=f"{prefix}_start", icon=":material/first_page:",
+                          on_click=move, args=(-last_step - 1,))  # fmt: skip
+        buttons[1].button("step", key=f"{prefix}_back", icon=":material/chevron_left:",
+                          on_click=move, args=(-1,))  # fmt: skip
+        buttons[2].button(
+            "pause" if playing else "play", key=f"{prefix}_play", type="primary",
+            on_click=toggle, icon=":material/pause:" if playing else ":material/play_arrow:",
+        )  # fmt: skip
+        buttons[3].button("step", key=f"{prefix}_forward", icon=":material/chevron_right:",
+                          icon_position="right", on_click=move, args=(1,))  # fmt: skip
+        buttons[4].select_slider("Tokens per frame", list(speeds), key=speed_key)
         t = st.slider("Step t", 0, last_step, key=step_key)
         share_state(step=t)
         draw(t)

@@ -9,6 +9,10 @@ Data sits in the spec's top-level ``datasets`` (Streamlit ships them as Arrow).
 The attention heatmap has too many cells for one mark per cell: it is a PNG (drawn with
 matplotlib's colour map, encoded by Pillow) shown by an ``image`` mark that fills the
 plot, so it still gets Vega-Lite axes and a colour legend.
+
+Imports are lazy: pandas where a chart builds a table, matplotlib and Pillow in the
+heatmap only, so a page without charts (Live lab, Needle lab before a run) imports
+neither (a cold server's first page paid ~1.4 s for them).
 """
 
 from __future__ import annotations
@@ -19,14 +23,9 @@ import io
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import matplotlib
 import numpy as np
-import pandas as pd
-from matplotlib.colors import LogNorm, Normalize
-from PIL import Image
 
 from h2oapp.analysis import EVICTED, EVICTED_NOW, FUTURE, HEAVY, RECENT, STATE_NAMES
-from h2osim.plots import log_colour_limits
 from theory.bounds import ONE_MINUS_INV_E  # Nemhauser's (1 - 1/e) = 0.632..., one definition
 
 Spec = dict[str, Any]
@@ -112,6 +111,10 @@ def heatmap_png(matrix: np.ndarray, low: float, high: float, log_scale: bool) ->
 
     Rows/columns beyond :data:`MAX_HEATMAP_PIXELS` are max-pooled in blocks.
     """
+    import matplotlib
+    from matplotlib.colors import LogNorm, Normalize
+    from PIL import Image
+
     n = matrix.shape[0]
     block = -(-n // MAX_HEATMAP_PIXELS)  # ceil
     causal = np.tri(n, dtype=bool)
@@ -166,6 +169,8 @@ def attention_heatmap(
     their tokens and the attention (the strongest entry of a block on long traces); the
     image itself carries no tooltip (its data URL is not for reading).
     """
+    from h2osim.plots import log_colour_limits
+
     n = matrix.shape[0]
     causal_values = matrix[np.tri(n, dtype=bool)]
     if log_scale:
@@ -223,6 +228,8 @@ def power_law_chart(
 ) -> Spec:
     """Token scores sorted high to low against rank, both axes logarithmic, with the fit
     ``scale * rank^(-alpha)`` (the estimator of ``python -m h2osim.observe``) dashed."""
+    import pandas as pd
+
     order = np.argsort(-scores, kind="stable")
     order = order[scores[order] > 0]
     labels = _token_labels(tokens)
@@ -265,6 +272,8 @@ def _prompt_rule(prompt_length: int, n: int) -> tuple[dict[str, Any], list[Spec]
 
 def sink_chart(first_token: np.ndarray, prompt_length: int) -> Spec:
     """Attention each query step t gives to token 0, ``first_token[t]`` (the attention sink)."""
+    import pandas as pd
+
     n = first_token.size
     data = pd.DataFrame({"step": np.arange(n), "attention on token 0": first_token})
     prompt_data, prompt_layers = _prompt_rule(prompt_length, n)
@@ -373,6 +382,8 @@ def retained_mass_chart(
     curves: Mapping[str, np.ndarray], t: int, prompt_length: int, title: str
 ) -> Spec:
     """Retained attention mass of every row, one line per policy, a rule at step t."""
+    import pandas as pd
+
     data = pd.concat(
         [pd.DataFrame({"step": np.arange(c.size), "retained mass": c, "policy": label})
          for label, c in curves.items()], ignore_index=True,
@@ -405,6 +416,8 @@ def eviction_times_chart(
     of each token; at step t (dotted line) the cache holds the tokens left of t whose
     points lie above the dotted line.
     """
+    import pandas as pd
+
     labels = _token_labels(tokens)
     frames = []
     for label, left in evicted_at.items():
@@ -451,6 +464,8 @@ def race_chart(
 
     A policy replayed at one budget only (``full``, which keeps everything) is a rule.
     """
+    import pandas as pd
+
     rows = [r for r in records if r.get(metric) is not None]
     data = pd.DataFrame({
         "policy": [r["policy"] for r in rows], "budget": [r["budget_fraction"] for r in rows],
@@ -552,6 +567,8 @@ def running_perplexity_chart(logprobs: Mapping[str, np.ndarray], budget: int) ->
     Lines agree until the cache first fills (step ``budget``, the rule); after that each
     policy's evictions change what the model sees. Example: log p [-1, -3] -> [e, e^2].
     """
+    import pandas as pd
+
     frames = []
     for label, values in logprobs.items():
         running = np.exp(-np.cumsum(values) / np.arange(1, values.size + 1))
@@ -571,6 +588,71 @@ def running_perplexity_chart(logprobs: Mapping[str, np.ndarray], budget: int) ->
                           "tooltip": [_n("policy"), _q("step"), _q("perplexity", format=".2f")]}},
             {"data": {"name": "full"}, "mark": {"type": "rule", "color": "grey", "strokeDash": [4, 3]},
              "encoding": {"x": _q("step"), "tooltip": [_n("label")]}},
+        ],
+    }  # fmt: skip
+
+
+# ----------------------------------------------------------------- needle lab
+def needle_answers_chart(records: Sequence[Mapping[str, Any]]) -> Spec:
+    """One bar per run (the full cache first): the share of (cache unit, needle token)
+    pairs still cached at the answer row, in the policy's colour, labelled right or wrong.
+
+    Example: records [{"policy": "full", "needle_held": 1.0, "correct": True, ...}] ->
+    one grey bar at 100% labelled "right".
+    """
+    rows = [{"policy": r["policy"], "needle held": float(r["needle_held"]),
+             "answer": "right" if r["correct"] else "wrong", "output": str(r["output"]).strip(),
+             "k": int(r["budget"])} for r in records]  # fmt: skip
+    policies = [row["policy"] for row in rows]
+    colour = _policy_colour(policies)
+    colour["legend"] = None  # the axis names the policies
+    y = _n("policy", title=None, sort=policies)
+    tooltip = [_n("policy"), _q("k"), _q("needle held", format=".0%"), _n("answer"), _n("output")]
+    return {
+        "title": "needle held, and the answer",
+        "height": {"step": 34},
+        "datasets": {"runs": rows},
+        "resolve": {"scale": {"color": "independent"}},  # policy colours; right/wrong
+        "layer": [
+            {"data": {"name": "runs"}, "mark": {"type": "bar"},
+             "encoding": {"y": y, "x": _q("needle held", "share of the needle held (all cache units)",
+                                          scale={"domain": [0, 1]}, axis={"format": "%"}),
+                          "color": colour, "tooltip": tooltip}},
+            {"data": {"name": "runs"}, "mark": {"type": "text", "align": "left", "dx": 4,
+                                                "fontWeight": "bold"},
+             "encoding": {"y": y, "x": _q("needle held"), "text": _n("answer"),
+                          "color": _n("answer", scale={"domain": ["right", "wrong"],
+                                                       "range": ["#1a9850", "#d73027"]},
+                                      legend=None),
+                          "tooltip": tooltip}},
+        ],
+    }  # fmt: skip
+
+
+def needle_tokens_chart(
+    held: Mapping[str, Sequence[float]], pieces: Sequence[str], positions: Sequence[int]
+) -> Spec:
+    """Policy x needle token: the share of cache units that still held the token at the
+    answer row (green = every unit, red = none); hovering names the token's text."""
+    columns = [f"{piece!r} @{position}" for piece, position in zip(pieces, positions, strict=True)]
+    rows = [{"policy": name, "token": column, "held": float(share)}
+            for name, shares in held.items()
+            for column, share in zip(columns, shares, strict=True)]  # fmt: skip
+    return {
+        "title": "which needle tokens each cache held",
+        "height": {"step": 34},
+        "datasets": {"held": rows},
+        "layer": [
+            {"data": {"name": "held"}, "mark": {"type": "rect"},
+             "encoding": {"x": _n("token", title="needle token (text @ position)", sort=columns),
+                          "y": _n("policy", title=None, sort=list(held)),
+                          "color": _q("held", "units holding it",
+                                      scale={"domain": [0, 1], "scheme": "redyellowgreen"},
+                                      legend={"format": "%"}),
+                          "tooltip": [_n("policy"), _n("token"), _q("held", format=".0%")]}},
+            {"data": {"name": "held"}, "mark": {"type": "text", "fontSize": 11},
+             "encoding": {"x": _n("token", sort=columns), "y": _n("policy", sort=list(held)),
+                          "text": _q("held", format=".0%")}},
         ],
     }  # fmt: skip
 
@@ -625,6 +707,8 @@ def bound_chart(bound: Mapping[str, Any]) -> Spec:
     Values below VACUOUS_FLOOR are clipped to it (the tooltip keeps the true value); the
     y-domain always includes the lowest drawn value, so ticking "charge score errors to
     beta" (bounds of -8.6 or -30) keeps the axis, the title and the band."""
+    import pandas as pd
+
     n = len(bound["ratio_mean"])
     held, floor = (
         "held f(S_i) / opt_i (mean over units)",
@@ -724,6 +808,8 @@ def paper_bound_chart(steps: Mapping[str, Any], prompt_length: int) -> Spec:
 
 def alpha_beta_chart(bound: Mapping[str, Any]) -> Spec:
     """The measured alpha (drift) and beta / opt (score error) of our certificate."""
+    import pandas as pd
+
     n = len(bound["alpha_mean"])
     data = pd.DataFrame(
         {"step": np.arange(n), "alpha": bound["alpha_mean"], "beta / opt": bound["beta_mean"]}

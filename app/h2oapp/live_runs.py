@@ -8,6 +8,7 @@ mode - and returned as plain data (records, per-step arrays, decoded text).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import tempfile
@@ -24,19 +25,23 @@ OWN_TRACE_FOLDER = Path(tempfile.gettempdir()) / "h2osim-own-text"
 PolicySpecs = tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]  # (name, params) pairs
 
 
+@functools.cache
 def bundled_model_file() -> Path | None:
     """The GGUF inside the installed model package, or None. The package is not imported
-    (it would import llama-cpp); only its location is looked up."""
+    (it would import llama-cpp); only its location is looked up, once per process (every
+    trace page asks, and each look-up searches sys.path: restart after `make setup`)."""
     spec = importlib.util.find_spec(MODEL_PACKAGE)
     locations = list(spec.submodule_search_locations or []) if spec else []
     path = Path(locations[0]) / MODEL_FILE if locations else None
     return path if path is not None and path.is_file() else None
 
 
-def missing_model_stack() -> list[str]:
-    """Python packages live eviction needs that are not installed."""
-    return [name for name in ("torch", "transformers", "gguf", "accelerate")
-            if importlib.util.find_spec(name) is None]  # fmt: skip
+@functools.cache
+def missing_model_stack() -> tuple[str, ...]:
+    """Python packages live eviction needs that are not installed (looked up once per
+    process, as :func:`bundled_model_file`)."""
+    return tuple(name for name in ("torch", "transformers", "gguf", "accelerate")
+                 if importlib.util.find_spec(name) is None)  # fmt: skip
 
 
 def live_model() -> tuple[Any, Any, Any]:
@@ -119,10 +124,17 @@ def _model_future() -> Future:
 
 
 def _load() -> tuple[Any, Any, Any]:
+    import gc
+
     from h2osim.model import load_model, set_threads
 
     set_threads(1)
-    return load_model()
+    loaded = load_model()
+    # torch and the model add ~10^5 long-lived objects: a full garbage collection then
+    # holds the GIL ~0.9 s (every session waits); frozen, later collections skip them
+    gc.collect()
+    gc.freeze()
+    return loaded
 
 
 def start_loading_model() -> None:
@@ -153,3 +165,48 @@ def own_text_trace(text: str, max_tokens: int) -> tuple[str, str]:
     trace.save(path, encoding="quantized")
     cut = f", first {len(ids)} of {len(full)}" if len(full) > len(ids) else ""
     return str(path), f"{len(ids)} tokens{cut}"
+
+
+# ----------------------------------------------------------------- needle lab
+NeedleSpec = tuple[tuple[str, Any], ...]  # TaskSpec fields, sorted (name, value) pairs
+
+
+def _needle_task(spec: NeedleSpec, own: tuple[str, str, tuple[int, int]] | None, tokenizer):
+    """The study's task: generated from ``spec`` (:func:`h2osim.studies.needle.make_task`,
+    sized in the model's tokens) or, with ``own = (text, answer, span)``, the user's text
+    with the needle at ``span`` (characters)."""
+    from h2osim.studies.needle import NeedleTask, TaskSpec, make_task, token_counter
+
+    fields = dict(spec)
+    if own is None:
+        return make_task(TaskSpec(**fields), token_counter(tokenizer))
+    text, answer, span = own
+    return NeedleTask(spec=TaskSpec(needle=fields.get("needle", "digits")), text=text,
+                      answer=answer, needle_span=span, sentence_span=span)  # fmt: skip
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def needle_trial(
+    spec: NeedleSpec,
+    own: tuple[str, str, tuple[int, int]] | None,
+    specs: PolicySpecs,
+    budget: float,
+    mode: str,
+) -> dict[str, Any]:
+    """One trial of the needle study (:func:`h2osim.studies.needle.run_trial`) on the
+    server's one model (:func:`live_model`): the records (answers, right or wrong, share
+    of the needle held) and per policy the share of cache units holding each needle token
+    at the answer row. Plain data, cached by its inputs for every session."""
+    from h2osim.studies.needle import encode_task, run_trial
+
+    loaded = live_model()
+    tokenizer = loaded[1]
+    encoded = encode_task(tokenizer, _needle_task(spec, own, tokenizer))
+    names = [name for name, _ in specs]
+    params = {name: dict(values) for name, values in specs}
+    trial = run_trial(loaded, encoded, names, [budget], [mode], policy_params=params)
+    pieces = [tokenizer.decode([encoded.ids[i]]) for i in encoded.needle_tokens]
+    held = {name: held.mean(axis=0).tolist() for (name, _, _), held in trial.kept.items()}
+    return {"records": trial.records, "pieces": pieces, "held": held, "n": encoded.n,
+            "positions": encoded.needle_tokens.tolist(), "seconds": trial.seconds,
+            "text": encoded.task.text, "answer": encoded.task.answer}  # fmt: skip

@@ -2,7 +2,6 @@
 
 import importlib.util
 
-import pandas as pd
 import streamlit as st
 from h2oapp import figures, live_runs
 from h2oapp.controls import (
@@ -144,6 +143,8 @@ if result["mode"] == "generate":
         column.metric("Same first tokens as full", row["agree_prefix"])
         column.code(row["continuation"], language=None, wrap_lines=True)
 else:
+    import pandas as pd  # here only: the page itself opens without it
+
     st.subheader(f"Perplexity of a {result['tokens']}-token text")
     table = pd.DataFrame(rows)
     st.dataframe(table, hide_index=True, width="stretch", key="live_table",

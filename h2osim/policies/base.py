@@ -198,11 +198,19 @@ def register(cls: type[Policy]) -> type[Policy]:
     return cls
 
 
+_DISCOVERED: list[bool] = []  # the folder was listed (once per process)
+
+
 def _discover() -> None:
-    """Import every module of :mod:`h2osim.policies` so their ``@register`` runs."""
+    """Import every module of :mod:`h2osim.policies` so their ``@register`` runs. The
+    folder is listed once per process: the app asks the registry ~60 times per page run,
+    and each listing cost up to 20 ms on a loaded machine."""
+    if _DISCOVERED:
+        return
     package = importlib.import_module("h2osim.policies")
     for module in pkgutil.iter_modules(package.__path__):
         importlib.import_module(f"h2osim.policies.{module.name}")
+    _DISCOVERED.append(True)
 
 
 def policy_names(online: bool | None = None) -> list[str]:
