@@ -6,7 +6,9 @@ budget x prompt mode inside the real model; prints the accuracy tables (per leng
 per depth; the full cache is the ceiling) and, with ``--replay``, how well open-loop
 replay's "the needle was still cached at the answer row" predicts live accuracy. Writes
 ``needle.json``, ``needle.csv`` and the heatmap ``needle-<mode>.png`` under ``--out``.
-See docs/needle.md.
+Runs in this process by default; ``--workers N`` (a local Dask cluster) or ``--scheduler
+ADDRESS`` (any Dask cluster) run one task per prompt, each worker loading the model once
+(the client from :func:`h2osim.sweep.dask_client`). See docs/needle.md.
 """
 
 from __future__ import annotations
@@ -30,12 +32,14 @@ from h2osim.studies.needle import (
     QUESTIONS,
     QUICK_GRID,
     TASKS,
+    ModelOptions,
     StudyGrid,
     TaskSpec,
     accuracy_table,
     confusion_table,
     depth_table,
     heatmap_figure,
+    model_metadata,
     run_study,
     table_columns,
     to_csv,
@@ -88,8 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
                            f"(default {_show(DEFAULT.budgets)})")  # fmt: skip
     grid.add_argument("--prompt-mode", action="append", choices=PROMPT_MODES, dest="prompt_modes",
                       help="repeatable: stream (evict from token k on, before the question is "
-                           "read) or full (prompt in full, compressed at the first answer token); "
-                           "default full. stream decodes every token after k one by one: slow")  # fmt: skip
+                           "read), full (prompt in full, then k tokens from the first answer token "
+                           "on) or prefill (kvpress: the prompt, question included, compressed once "
+                           "to k, then the answer appended); default full. stream decodes every "
+                           "token after k one by one: slow")  # fmt: skip
     task = parser.add_argument_group("task")
     task.add_argument("--task", choices=TASKS, default="passkey",
                       help="passkey (one needle) or kv (key-value lookup with distractor entries)")  # fmt: skip
@@ -112,6 +118,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="write needle.json, needle.csv and needle-<mode>.png here; "
                              "needle-trials.jsonl lets an interrupted run resume")  # fmt: skip
     output.add_argument("--no-progress", action="store_true", help="print no per-trial lines")
+    engine = parser.add_argument_group("where the trials run")
+    engine.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="1 (default): in this process; N > 1: a local Dask cluster of N "
+                             "single-threaded worker processes, one task per prompt, each worker "
+                             "loading the model once")  # fmt: skip
+    engine.add_argument("--scheduler", metavar="tcp://HOST:PORT",
+                        help="run the trials on this existing Dask cluster instead (its workers "
+                             "need h2osim and the model)")  # fmt: skip
     add_model_arguments(parser)
     return parser
 
@@ -148,7 +162,21 @@ def grid_from_args(args: argparse.Namespace) -> StudyGrid:
     grid.specs()  # TaskSpec checks every length and depth
     if not 0 <= args.held_threshold <= 1:
         raise ValueError(f"--held-threshold must be in 0..1, got {args.held_threshold}")
+    if args.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
     return grid
+
+
+def model_options(args: argparse.Namespace) -> ModelOptions:
+    """What each Dask worker loads: the model flags."""
+    return ModelOptions(model=args.model, device=args.device, dtype=args.dtype,
+                        threads=args.threads, use_cache=not args.no_cache)  # fmt: skip
+
+
+def on_dask(args: argparse.Namespace) -> bool:
+    return args.scheduler is not None or args.workers > 1
 
 
 def _resume(path: Path) -> dict[str, list[dict[str, Any]]]:
@@ -173,12 +201,10 @@ def run(args: argparse.Namespace, command: str = "") -> int:
             raise ValueError(f"--out {out} is a file; give a folder")
         out.mkdir(parents=True, exist_ok=True)
     progress = not args.no_progress
-    loaded = load_model_from_args(args, progress=progress)
     trials_file = out / "needle-trials.jsonl" if out else None
     done = _resume(trials_file) if trials_file else {}
     total = len(grid.specs())
     finished = [sum(1 for _ in done)]
-    started = time.perf_counter()
 
     def on_trial(key: str, records: list[dict[str, Any]], seconds: float) -> None:
         finished[0] += 1
@@ -194,14 +220,30 @@ def run(args: argparse.Namespace, command: str = "") -> int:
                   f"({seconds:.0f} s) wrong: {', '.join(wrong) or 'none'}",
                   file=sys.stderr, flush=True)  # fmt: skip
 
-    records = run_study(loaded, grid, replay=args.replay, held_threshold=args.held_threshold,
-                        done=done, on_trial=on_trial)  # fmt: skip
+    study = {"replay": args.replay, "held_threshold": args.held_threshold, "done": done,
+             "on_trial": on_trial}  # fmt: skip
+    if on_dask(args):
+        from h2osim.sweep import dask_client
+
+        options = model_options(args)
+        with dask_client(args.scheduler, args.workers) as client:
+            started = time.perf_counter()
+            metadata = client.submit(model_metadata, options, pure=False).result()
+            records = run_study(None, grid, client=client, model=options, **study)
+            where = (f"on Dask ({args.scheduler or f'{args.workers} local workers'}, "
+                     f"one task per prompt)")  # fmt: skip
+    else:
+        loaded = load_model_from_args(args, progress=progress)
+        metadata = loaded[2].metadata()
+        started = time.perf_counter()
+        records = run_study(loaded, grid, **study)
+        where = "in this process"
     seconds = time.perf_counter() - started
     accuracy, depths = accuracy_table(records), depth_table(records)
     spec = grid.base
     print(f"needle study: task {spec.task}, filler {spec.filler}, needle {spec.needle}, question "
           f"{spec.question}; {total} prompts x {len(grid.policies)} policies x "
-          f"{len(grid.budgets)} budgets x {len(grid.prompt_modes)} modes; {seconds:.0f} s")  # fmt: skip
+          f"{len(grid.budgets)} budgets x {len(grid.prompt_modes)} modes; {seconds:.0f} s {where}")  # fmt: skip
     print(
         "\naccuracy (exact match; full = the ceiling; budget: share of the prompt per cache unit)"
     )
@@ -214,12 +256,12 @@ def run(args: argparse.Namespace, command: str = "") -> int:
               "the needle's (unit, token) pairs are cached at the answer row")  # fmt: skip
         print(format_table(confusion, CONFUSION_COLUMNS))
     if out is not None:
-        payload = {"command": command, "seconds": round(seconds, 1), "grid": {
+        payload = {"command": command, "seconds": round(seconds, 1), "ran": where, "grid": {
             "lengths": grid.lengths, "depths": grid.depths, "seeds": grid.seeds,
             "policies": grid.policies, "budgets": grid.budgets, "prompt_modes": grid.prompt_modes,
             "task": spec.task, "filler": spec.filler, "needle": spec.needle,
             "question": spec.question, "keys": spec.keys},
-            "model": loaded[2].metadata(), "library_versions": library_versions(),
+            "model": metadata, "library_versions": library_versions(),
             "accuracy": accuracy, "depth": depths, "confusion": confusion, "records": records}  # fmt: skip
         write_json(out / "needle.json", payload)
         write_text(out / "needle.csv", to_csv(records))

@@ -206,7 +206,8 @@ def test_heatmap_has_one_panel_per_policy_and_budget():
      (["--policy", "opt"], "offline"),
      (["--budgets", "0"], "budget must be in (0, 1]"),
      (["--seeds", "0"], "--seeds must be >= 1"),
-     (["--lengths", "a,b"], "comma-separated numbers")],
+     (["--lengths", "a,b"], "comma-separated numbers"),
+     (["--workers", "0"], "--workers must be >= 1")],
 )  # fmt: skip
 def test_cli_bad_input_is_one_line_exit_2(args, message):
     done = subprocess.run([sys.executable, "-m", "h2osim.needle", *args], capture_output=True,
@@ -225,3 +226,27 @@ def test_quick_grid_is_small():
     wider = grid_from_args(build_parser().parse_args(["--quick", "--lengths", "256,512"]))
     assert len(wider.specs()) == 6
     assert json.dumps(wider.budgets) == "[0.2]"
+
+
+def test_dask_flags_make_the_workers_model_options():
+    from h2osim.needle import build_parser, grid_from_args, model_options, on_dask
+    from h2osim.studies.needle import ModelOptions
+
+    args = build_parser().parse_args(["--quick"])
+    grid_from_args(args)
+    assert not on_dask(args) and model_options(args) == ModelOptions()  # in process by default
+    args = build_parser().parse_args(["--quick", "--workers", "2", "--dtype", "bfloat16",
+                                      "--threads", "2", "--no-cache"])  # fmt: skip
+    assert on_dask(args)
+    assert model_options(args) == ModelOptions(dtype="bfloat16", threads=2, use_cache=False)
+    remote = build_parser().parse_args(["--scheduler", "tcp://127.0.0.1:8786"])
+    assert on_dask(remote) and remote.workers == 1
+
+
+def test_run_study_without_a_model_or_options_says_what_it_needs():
+    from h2osim.studies.needle import QUICK_GRID, run_study
+
+    with pytest.raises(ValueError, match="needs the loaded model"):
+        run_study(None, QUICK_GRID)
+    with pytest.raises(ValueError, match="needs ModelOptions"):
+        run_study(None, QUICK_GRID, client=object())

@@ -50,13 +50,16 @@ def test_full_cache_solves_the_seeded_default_set(loaded, counter, spec, answer)
 @pytest.mark.model
 def test_budget_of_the_whole_sequence_is_the_full_cache_exactly(loaded, counter):
     task = make_task(TaskSpec(length=160, depth=0.3, seed=1), counter)
-    trial = run_trial(loaded, task, ["h2o", "tova", "window"], [4096], ["stream", "full"])
+    trial = run_trial(loaded, task, ["h2o", "tova", "window", "snapkv"], [4096],
+                      ["stream", "full", "prefill"], replay=True)  # fmt: skip
     full, *runs = trial.records
-    assert len(runs) == 6
+    assert len(runs) == 12
+    assert {r["prompt_mode"] for r in runs} == {"stream", "full", "prefill"}
     for record in runs:
         assert record["budget"] == full["budget"]  # k = n: nothing is ever evicted
         assert record["output"] == full["output"] and record["same_as_full"]
         assert record["correct"] == full["correct"] and record["needle_held"] == 1.0
+        assert record["needle_held_last"] == 1.0 and record["replay_needle_held"] == 1.0
 
 
 @pytest.fixture(scope="module")
@@ -109,3 +112,31 @@ def test_cli_writes_tables_and_heatmap(tmp_path, capsys):
     assert main(["--lengths", "160", "--depths", "1", "--seeds", "1", "--policy", "window",
                  "--budgets", "0.3", "--out", str(out), "--no-progress"]) == 0  # fmt: skip
     assert len((out / "needle-trials.jsonl").read_text().splitlines()) == 1
+
+
+# ----------------------------------------------------------------- prompt mode prefill
+@pytest.fixture(scope="module")
+def prefill(loaded, counter):
+    """One 256-token prompt, the needle in the middle, 20% of the prompt: full vs prefill."""
+    task = make_task(TaskSpec(length=256, depth=0.5, seed=0), counter)
+    trial = run_trial(loaded, task, ["h2o", "tova", "snapkv", "window"], [0.2],
+                      ["full", "prefill"], replay=True)  # fmt: skip
+    return trial, {(r["policy"], r["prompt_mode"]): r for r in trial.records}
+
+
+@pytest.mark.model
+def test_prefill_compresses_once_and_replay_sees_the_same_cache(prefill):
+    trial, by = prefill
+    n = trial.encoded.n
+    assert by[("full", "-")]["correct"]
+    for policy in ("h2o", "tova", "snapkv", "window"):
+        record = by[(policy, "prefill")]
+        assert record["budget"] == round(0.2 * n) == by[(policy, "full")]["budget"]
+        # prefill never evicts after the prompt: what row P holds, the last row holds
+        assert record["needle_held_last"] == record["needle_held"]
+        # open and closed loop share every row before P, so the compression at P is the same
+        # decision (float16 trace rows aside; window reads no row and must match exactly)
+        tolerance = 0.0 if policy == "window" else 0.05
+        assert abs(record["replay_needle_held"] - record["needle_held"]) <= tolerance, policy
+    # full mode keeps evicting while the answer is written: window loses the needle there
+    assert by[("window", "full")]["needle_held_last"] <= by[("window", "full")]["needle_held"]

@@ -24,17 +24,24 @@ Pieces:
   policy still held the needle's tokens at the answer row.
 * :func:`run_study`, :func:`accuracy_table`, :func:`confusion_table`, :func:`heatmap_figure` -
   the grid, its tables and the standard heatmap (CLI: ``python -m h2osim.needle``).
+  In this process, or on Dask (the client of :func:`h2osim.sweep.dask_client`): one task
+  per trial (:func:`trial_task`), each worker loading the model once (:func:`worker_model`).
 
 The answer row: the answer's first token is predicted by the last prompt row P-1, its
 second by row P. Under prompt mode ``full`` nothing is evicted before row P (the first
 answer token always comes from the full cache, as in real prefill-then-compress
-implementations), so the needle's fate is read at row P in both modes: the first row
-served over a compressed cache in ``full`` mode, one eviction after P-1 in ``stream``.
+implementations), so the needle's fate is read at row P in every mode: the first row
+served over a compressed cache in ``full`` and ``prefill`` mode, one eviction after P-1 in
+``stream``. ``prefill`` (kvpress) compresses the prompt once at step P to k tokens, the
+question's rows included in what the scores saw, and then only appends: what row P holds
+of the needle is what every later answer token sees. ``full`` compresses at the same step
+to k and keeps evicting one token per answer token.
 """
 
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -357,6 +364,7 @@ def run_trial(
     steps = new_tokens or ANSWER_TOKENS[task.spec.needle]
     n = prompt + steps
     answer_row = prompt  # see the module docstring
+    last_row = max(answer_row, n - 2)  # the row that predicts the last answer token
     base = task.record() | {"n": prompt, "needle_depth_measured": round(encoded.measured_depth, 4),
                             "needle_tokens": len(encoded.needle_tokens)}  # fmt: skip
 
@@ -370,7 +378,8 @@ def run_trial(
     full_correct = score(task, full_text)
     records = [base | {"policy": "full", "budget": n, "budget_requested": 1.0,
                        "prompt_mode": "-", "output": full_text, "correct": full_correct,
-                       "same_as_full": True, "needle_held": 1.0, "units_whole_needle": 1.0}]  # fmt: skip
+                       "same_as_full": True, "needle_held": 1.0, "units_whole_needle": 1.0,
+                       "needle_held_last": 1.0}]  # fmt: skip
     result = TrialResult(encoded, records)
     trace = None
     if replay:
@@ -395,13 +404,15 @@ def run_trial(
                                 choose=_greedy, all_logits=False)  # fmt: skip
                 for row, policy in enumerate(members):
                     text, new = answered(run, row)
-                    held = needle_held(run.controller.evicted_at[row], answer_row,
-                                       encoded.needle_tokens)  # fmt: skip
+                    evicted_at = run.controller.evicted_at[row]
+                    held = needle_held(evicted_at, answer_row, encoded.needle_tokens)
+                    held_last = needle_held(evicted_at, last_row, encoded.needle_tokens)
                     result.kept[(policy.name, k, own_mode)] = held
                     record = base | {
                         "policy": policy.name, "budget": k, "budget_requested": float(budget),
                         "prompt_mode": own_mode, "output": text, "correct": score(task, text),
                         "same_as_full": new == full_new, **held_summary(held),
+                        "needle_held_last": float(held_last.mean()),
                     }  # fmt: skip
                     if trace is not None:
                         record |= _replay_prediction(trace, make_policy(policy.name,
@@ -432,6 +443,63 @@ def _replay_prediction(trace, policy, k: int, mode: str, row: int, positions: np
             "replay_seconds": round(result.seconds, 3)}  # fmt: skip
 
 
+# --------------------------------------------------------------------------- on Dask
+@dataclass(frozen=True)
+class ModelOptions:
+    """How a Dask worker loads the model itself (:func:`h2osim.model.load_model`'s
+    arguments): tasks carry these, never the weights. Example: ``ModelOptions()`` is the
+    bundled SmolLM2, float32, one torch thread, on the worker's best device."""
+
+    model: str | None = None  # None: the bundled SmolLM2; else a folder or .gguf path
+    device: str = "auto"
+    dtype: str = "float32"
+    threads: int | None = 1  # torch CPU threads per task
+    use_cache: bool = True  # the GGUF's safetensors conversion cache
+
+
+_WORKER_MODELS: dict[ModelOptions, tuple[Any, Any, Any]] = {}
+_WORKER_LOCK = threading.Lock()
+
+
+def worker_model(options: ModelOptions) -> tuple[Any, Any, Any]:
+    """``(model, tokenizer, info)`` of ``options``, loaded once per process and kept: every
+    later task on that worker (and every thread of an in-process cluster) reuses it."""
+    with _WORKER_LOCK:
+        if options not in _WORKER_MODELS:
+            from h2osim.model import load_model
+
+            _WORKER_MODELS[options] = load_model(options.model, device=options.device,
+                                                 dtype=options.dtype, use_cache=options.use_cache)  # fmt: skip
+        return _WORKER_MODELS[options]
+
+
+def _task_threads(options: ModelOptions) -> None:
+    """One BLAS thread (H2OSIM_THREADS) and ``options.threads`` torch threads, set in the
+    thread that runs the task (OpenMP's thread count is per calling thread)."""
+    from h2osim.cli import limit_threads
+    from h2osim.model import set_threads
+
+    limit_threads()
+    set_threads(options.threads)
+
+
+def trial_task(model: ModelOptions, spec: TaskSpec, grid: StudyGrid, replay: bool,
+               held_threshold: float) -> tuple[list[dict[str, Any]], float]:  # fmt: skip
+    """One Dask task: the trial of ``spec`` under ``grid``'s policies, budgets and prompt
+    modes on this worker's model; returns ``(records, seconds)``."""
+    _task_threads(model)
+    loaded = worker_model(model)
+    trial = run_trial(loaded, make_task(spec, token_counter(loaded[1])), grid.policies,
+                      grid.budgets, grid.prompt_modes, replay=replay, held_threshold=held_threshold)  # fmt: skip
+    return trial.records, trial.seconds
+
+
+def model_metadata(model: ModelOptions) -> dict[str, Any]:
+    """A worker's model metadata (:meth:`ModelInfo.metadata`), for the study's JSON."""
+    _task_threads(model)
+    return worker_model(model)[2].metadata()
+
+
 # --------------------------------------------------------------------------- the grid
 @dataclass(frozen=True)
 class StudyGrid:
@@ -456,32 +524,58 @@ QUICK_GRID = StudyGrid(lengths=(256,), depths=(0.0, 0.5, 1.0), seeds=(0,), polic
 
 
 def run_study(
-    loaded: tuple[Any, Any, Any],
+    loaded: tuple[Any, Any, Any] | None,
     grid: StudyGrid,
     *,
     replay: bool = False,
     held_threshold: float = 0.5,
     done: dict[str, list[dict[str, Any]]] | None = None,
     on_trial: Callable[[str, list[dict[str, Any]], float], None] | None = None,
+    client: Any = None,
+    model: ModelOptions | None = None,
 ) -> list[dict[str, Any]]:
-    """Every prompt of ``grid``; returns the records of all trials (one per policy run).
+    """Every prompt of ``grid``; returns the records of all trials (one per policy run),
+    in grid order.
 
     ``done`` maps :func:`trial_key` to records already computed (a resumed study);
-    ``on_trial(key, records, seconds)`` is called after each new trial.
+    ``on_trial(key, records, seconds)`` is called after each new trial (in the order they
+    finish). In this process by default (``loaded`` is the model); with a Dask
+    ``client`` each trial (one prompt: the full cache, every policy x budget x prompt
+    mode, its replays) is one task, and each worker loads the model of ``model`` once
+    (:func:`worker_model`; ``loaded`` is then unused and may be None). The records are
+    the same either way.
     """
-    count = token_counter(loaded[1])
-    records: list[dict[str, Any]] = []
-    for spec in grid.specs():
-        key = trial_key(spec, grid, replay)
-        if done and key in done:
-            records += done[key]
-            continue
-        trial = run_trial(loaded, make_task(spec, count), grid.policies, grid.budgets,
-                          grid.prompt_modes, replay=replay, held_threshold=held_threshold)  # fmt: skip
-        records += trial.records
+    results: dict[str, list[dict[str, Any]]] = dict(done or {})
+    todo = {trial_key(spec, grid, replay): spec for spec in grid.specs()}
+    todo = {key: spec for key, spec in todo.items() if key not in results}
+
+    def finished(key: str, records: list[dict[str, Any]], seconds: float) -> None:
+        results[key] = records
         if on_trial is not None:
-            on_trial(key, trial.records, trial.seconds)
-    return records
+            on_trial(key, records, seconds)
+
+    if client is None:
+        if loaded is None:
+            raise ValueError("run_study needs the loaded model, or a Dask client and model options")
+        count = token_counter(loaded[1])
+        for key, spec in todo.items():
+            trial = run_trial(loaded, make_task(spec, count), grid.policies, grid.budgets,
+                              grid.prompt_modes, replay=replay, held_threshold=held_threshold)  # fmt: skip
+            finished(key, trial.records, trial.seconds)
+    elif todo:
+        import hashlib
+
+        from distributed import as_completed
+
+        if model is None:
+            raise ValueError("a study on Dask needs ModelOptions: the workers load the model")
+        futures = {client.submit(trial_task, model, spec, grid, replay, held_threshold,
+                                 key=f"needle-{hashlib.sha1(key.encode()).hexdigest()[:16]}"): key
+                   for key, spec in todo.items()}  # fmt: skip
+        for future in as_completed(futures):
+            records, seconds = future.result()
+            finished(futures[future], records, seconds)
+    return [record for spec in grid.specs() for record in results[trial_key(spec, grid, replay)]]
 
 
 def trial_key(spec: TaskSpec, grid: StudyGrid, replay: bool) -> str:
