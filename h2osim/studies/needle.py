@@ -457,20 +457,25 @@ class ModelOptions:
     use_cache: bool = True  # the GGUF's safetensors conversion cache
 
 
-_WORKER_MODELS: dict[ModelOptions, tuple[Any, Any, Any]] = {}
+_WORKER_MODELS: dict[ModelOptions, tuple[tuple[Any, Any, Any], threading.Lock]] = {}
 _WORKER_LOCK = threading.Lock()
+
+
+def _worker_entry(options: ModelOptions) -> tuple[tuple[Any, Any, Any], threading.Lock]:
+    with _WORKER_LOCK:
+        if options not in _WORKER_MODELS:
+            from h2osim.model import load_model
+
+            loaded = load_model(options.model, device=options.device, dtype=options.dtype,
+                                use_cache=options.use_cache)  # fmt: skip
+            _WORKER_MODELS[options] = (loaded, threading.Lock())
+        return _WORKER_MODELS[options]
 
 
 def worker_model(options: ModelOptions) -> tuple[Any, Any, Any]:
     """``(model, tokenizer, info)`` of ``options``, loaded once per process and kept: every
     later task on that worker (and every thread of an in-process cluster) reuses it."""
-    with _WORKER_LOCK:
-        if options not in _WORKER_MODELS:
-            from h2osim.model import load_model
-
-            _WORKER_MODELS[options] = load_model(options.model, device=options.device,
-                                                 dtype=options.dtype, use_cache=options.use_cache)  # fmt: skip
-        return _WORKER_MODELS[options]
+    return _worker_entry(options)[0]
 
 
 def _task_threads(options: ModelOptions) -> None:
@@ -488,9 +493,11 @@ def trial_task(model: ModelOptions, spec: TaskSpec, grid: StudyGrid, replay: boo
     """One Dask task: the trial of ``spec`` under ``grid``'s policies, budgets and prompt
     modes on this worker's model; returns ``(records, seconds)``."""
     _task_threads(model)
-    loaded = worker_model(model)
-    trial = run_trial(loaded, make_task(spec, token_counter(loaded[1])), grid.policies,
-                      grid.budgets, grid.prompt_modes, replay=replay, held_threshold=held_threshold)  # fmt: skip
+    loaded, lock = _worker_entry(model)
+    with lock:  # --replay's recorder hooks the model's layers: one trial per model at a time
+        trial = run_trial(loaded, make_task(spec, token_counter(loaded[1])), grid.policies,
+                          grid.budgets, grid.prompt_modes, replay=replay,
+                          held_threshold=held_threshold)  # fmt: skip
     return trial.records, trial.seconds
 
 
