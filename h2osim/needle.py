@@ -43,6 +43,7 @@ from h2osim.studies.needle import (
     run_study,
     table_columns,
     to_csv,
+    trial_key,
 )
 
 DEFAULT = StudyGrid()
@@ -204,7 +205,7 @@ def run(args: argparse.Namespace, command: str = "") -> int:
     trials_file = out / "needle-trials.jsonl" if out else None
     done = _resume(trials_file) if trials_file else {}
     total = len(grid.specs())
-    finished = [sum(1 for _ in done)]
+    finished = [sum(trial_key(spec, grid, args.replay) in done for spec in grid.specs())]
 
     def on_trial(key: str, records: list[dict[str, Any]], seconds: float) -> None:
         finished[0] += 1
