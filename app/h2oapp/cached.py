@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
-from h2oapp import analysis, figures, precompute
-from h2osim.engine import ReplayConfig, ReplayResult, add_gap_to_opt, replay, sweep
+from h2oapp import analysis, figures, precompute, prepared
+from h2osim.engine import ReplayResult, add_gap_to_opt, sweep
 from h2osim.policies import make_policy
 from h2osim.trace import Trace
 
@@ -91,11 +91,12 @@ def head_summary(key: TraceKey, layer: int, head: int, per_row: bool) -> dict[st
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def heatmap_spec(key: TraceKey, layer: int, head: int, log_scale: bool) -> figures.Spec:
-    """The Vega-Lite spec of one head's attention heatmap (its PNG inside)."""
-    trace = load_trace(key)
-    title = f"layer {layer}, query head {head} (KV head {trace.head_map[head]})"
-    return figures.attention_heatmap(trace.head_matrix(layer, head), trace.prompt_length,
-                                     log_scale=log_scale, title=title, tokens=trace.tokens)  # fmt: skip
+    """The Vega-Lite spec of one head's attention heatmap (its PNG inside); the opening
+    head's is read from setup's store (:mod:`h2oapp.prepared`) when it holds it."""
+    stored = prepared.stored_heatmap(_prepared(key), layer, head, log_scale)
+    if stored is not None:
+        return stored
+    return prepared.heatmap_of(load_trace(key), layer, head, log_scale)
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
@@ -114,12 +115,7 @@ def unit_accumulated(key: TraceKey, options: Options, unit: int) -> np.ndarray:
 
 
 # ----------------------------------------------------------------- replays
-def replay_config(options: Options, output_error: bool = False) -> ReplayConfig:
-    """The engine configuration; the attention-output error is opt-in in the app (it is
-    most of a replay's time on traces with values)."""
-    aggregation, prompt_mode, observation = options
-    return ReplayConfig(aggregation=aggregation, prompt_mode=prompt_mode, observation=observation,
-                        output_error=output_error)  # fmt: skip
+replay_config = prepared.replay_config  # the engine configuration of the pages' replays
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
@@ -134,12 +130,20 @@ def replay_result(
     """One replay of the whole trace (all units); ValueError for bad parameters.
 
     ``output_error`` also measures the attention-output error (when the trace stores
-    value vectors); it makes a replay about 3x slower.
+    value vectors); it makes a replay about 3x slower. The Eviction dynamics page's
+    opening replays are read from setup's store (:mod:`h2oapp.prepared`) when it holds
+    them.
     """
-    policy_instance = make_policy(policy, **dict(params))
-    return replay(
-        load_trace(key), policy_instance, budget, config=replay_config(options, output_error)
-    )
+    stored = prepared.stored_replay(_prepared(key), policy, params, budget, options, output_error)
+    if stored is not None:
+        return stored
+    return prepared.replay_of(load_trace(key), policy, params, budget, options, output_error)
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def _prepared(key: TraceKey) -> dict[str, Any]:
+    """What setup prepared for this trace file's cold page runs, read once."""
+    return prepared.read(precompute.store_folder(), precompute.file_sha256(key[0]))
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
@@ -162,11 +166,7 @@ def precomputed_record(
     return None if record is None else dict(record, budget_requested=float(budget))
 
 
-def default_params(policy: str) -> Params:
-    """A policy's parameters at their defaults, as :func:`controls.policy_parameters` gives them."""
-    from h2osim.policies import policy_class
-
-    return tuple(sorted((field.name, field.default) for field in policy_class(policy).parameters()))
+default_params = prepared.default_params  # a policy's parameters at their defaults
 
 
 @st.cache_data(max_entries=1024, show_spinner=False)

@@ -5,7 +5,9 @@ classroom set (and any others asked for) at every budget of the Policy race, wit
 attention-output error, computed by the grid engine of ``python -m h2osim.sweep`` into the
 results store (:mod:`h2osim.store`, Parquet, in ``.cache/app-race/results``). A small JSON
 payload per trace (pickle-free, written atomically), named by the trace file's SHA-256,
-holds the explorer's showcase head and the store keys of its race cells. Store keys and
+holds the explorer's showcase head and the store keys of its race cells; beside it, the
+pages' cold-run results (:mod:`h2oapp.prepared`: the Eviction dynamics page's opening
+replays and the explorer's opening heatmap). Store keys and
 payloads carry :func:`h2osim.code_version`, so a changed trace or a changed library
 simply misses and is replayed live. The app's cached race cell
 (:func:`h2oapp.cached.race_record`) looks here first.
@@ -46,7 +48,9 @@ from h2osim.trace import Trace  # noqa: E402
 FORMAT = "h2osim-app-race/1"
 BUDGET_GRID = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)  # the race's pills
 CLASSROOM = ("full", "window", "sink", "heavy", "h2o", "opt")  # the default policy set
-DEFAULT_OPTIONS = ("sum", "stream", "renormalized")
+from h2oapp import prepared  # noqa: E402
+
+DEFAULT_OPTIONS = prepared.DEFAULT_OPTIONS  # ("sum", "stream", "renormalized")
 
 
 def store_folder() -> Path:
@@ -118,11 +122,22 @@ def precompute(
     path.parent.mkdir(parents=True, exist_ok=True)
     from h2oapp.analysis import showcase_head
 
+    showcase = showcase_head(trace)
     write_json(path, {"format": FORMAT, "trace": trace_path.name, "trace_sha256": sha,
-                      "engine": _ENGINE, "options": DEFAULT_OPTIONS, "showcase": showcase_head(trace),
+                      "engine": _ENGINE, "options": DEFAULT_OPTIONS, "showcase": showcase,
                       "cells": {cell_key(cell.policy.name, cell.budget): cell.key
                                 for cell in cells}})  # fmt: skip
+    prepared.write(store_folder(), trace, sha, showcase)
     return path
+
+
+def prepare_views(trace_path: Path) -> Path:
+    """Only the pages' cold-run results (:mod:`h2oapp.prepared`) of one trace, for a
+    trace whose race cells are current (``--if-stale`` after an app-only change)."""
+    from h2oapp.analysis import showcase_head
+
+    trace = Trace.load(trace_path)
+    return prepared.write(store_folder(), trace, file_sha256(trace_path), showcase_head(trace))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -142,8 +157,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     names = policy_names() if args.all_policies else [n for n in CLASSROOM if n in policy_names()]
     for path in traces:
-        if args.if_stale and read_payload(file_sha256(path)):
-            print(f"{path.name}: stored results are current")
+        sha = file_sha256(path)
+        if args.if_stale and read_payload(sha):
+            if prepared.read(store_folder(), sha):
+                print(f"{path.name}: stored results are current")
+            else:
+                print(
+                    f"{path.name}: race cells current; pages' opening views -> {prepare_views(path)}"
+                )
             continue
         started = time.perf_counter()
         written = precompute(path, names)
