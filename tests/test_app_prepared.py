@@ -1,0 +1,113 @@
+"""The pages' cold-run results prepared at setup (app/h2oapp/prepared.py): equal to what
+the pages compute on the fly, read only by the code that made them, and the pages show the
+same with and without them."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT / "app"))
+
+from h2oapp import analysis, precompute, prepared  # noqa: E402
+
+from h2osim.synthetic import synthetic_trace  # noqa: E402
+from h2osim.trace import Trace  # noqa: E402
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch) -> Path:
+    """One tiny trace (with values) in its own folder, precomputed into a tmp store."""
+    folder = tmp_path / "traces"
+    folder.mkdir()
+    synthetic_trace(36, layers=2, heads=4, kv_heads=2, head_dim=8, seed=5).save(folder / "t.npz")
+    monkeypatch.setenv("H2OSIM_APP_CACHE", str(tmp_path / "store"))
+    monkeypatch.setenv("H2OSIM_TRACE_DIR", str(folder))
+    precompute.precompute(folder / "t.npz", ["h2o", "window"], (0.2,))
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    yield folder / "t.npz"
+    st.cache_data.clear()
+    st.cache_resource.clear()
+
+
+def assert_same_result(stored, fresh) -> None:
+    for field in dataclasses.fields(fresh):
+        if field.name == "seconds":  # the replay's own timing
+            continue
+        a, b = getattr(stored, field.name), getattr(fresh, field.name)
+        if isinstance(b, np.ndarray) or isinstance(a, np.ndarray):
+            assert a.dtype == b.dtype and np.array_equal(a, b), field.name
+        else:
+            assert a == b, field.name
+
+
+def test_prepared_results_equal_the_pages_own(store):
+    sha = precompute.file_sha256(store)
+    stored = prepared.read(precompute.store_folder(), sha)
+    trace = Trace.load(store)
+    assert set(stored["replays"]) == set(prepared.DYNAMICS)
+    for policy in prepared.DYNAMICS:
+        params = prepared.default_params(policy)
+        hit = prepared.stored_replay(stored, policy, params, 0.2, prepared.DEFAULT_OPTIONS, False)
+        fresh = prepared.replay_of(trace, policy, params, 0.2, prepared.DEFAULT_OPTIONS)
+        assert_same_result(hit, fresh)
+    layer, head = analysis.showcase_head(trace)
+    spec = prepared.stored_heatmap(stored, layer, head, True)
+    assert spec == json.loads(json.dumps(prepared.heatmap_of(trace, layer, head, True)))
+    # anything else is not stored: the page computes it
+    assert prepared.stored_heatmap(stored, layer, head, False) is None
+    h2o = prepared.default_params("h2o")
+    assert prepared.stored_replay(stored, "h2o", h2o, 0.25, prepared.DEFAULT_OPTIONS, False) is None
+    assert prepared.stored_replay(stored, "h2o", h2o, 0.2, prepared.DEFAULT_OPTIONS, True) is None
+    assert prepared.stored_replay(stored, "h2o", h2o, 0.2, ("max", "stream", "full"), False) is None
+    assert prepared.stored_replay(stored, "sink", (), 0.2, prepared.DEFAULT_OPTIONS, False) is None
+
+
+def test_prepared_results_of_other_code_or_another_trace_are_not_read(store, monkeypatch, tmp_path):
+    sha = precompute.file_sha256(store)
+    assert prepared.read(precompute.store_folder(), sha)  # made by this code: read
+    other = tmp_path / "other.npz"
+    synthetic_trace(36, layers=1, heads=4, kv_heads=2, head_dim=8, seed=6).save(other)
+    assert prepared.read(precompute.store_folder(), precompute.file_sha256(other)) == {}
+    monkeypatch.setattr(prepared, "_VERSION", "another version of h2osim or the app")
+    assert prepared.read(precompute.store_folder(), sha) == {}
+    # --if-stale then rewrites the views (the race cells are still current)
+    monkeypatch.setattr(precompute, "prepare_views", lambda path: calls.append(path) or path)
+    calls: list[Path] = []
+    assert precompute.main([str(store), "--if-stale"]) == 0
+    assert calls == [store]
+
+
+def page_output(page: str) -> tuple:
+    app = AppTest.from_file(str(REPO_ROOT / "app" / "main.py"), default_timeout=60)
+    app.run()
+    app.switch_page(f"views/{page}.py").run()
+    assert not app.exception, app.exception
+    charts = [chart.proto.spec for chart in app.get("vega_lite_chart")]
+    assert charts and app.metric  # the page drew its charts and metrics
+    return ([m.value for m in app.metric], [m.value for m in app.markdown], charts)
+
+
+@pytest.mark.parametrize("page", ["eviction_dynamics", "trace_explorer"])
+def test_pages_read_the_prepared_results_and_show_the_same_without_them(store, monkeypatch, page):
+    def computed(*args, **kwargs):
+        raise AssertionError("a prepared result was computed again")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(prepared, "replay_of", computed)
+        patched.setattr(prepared, "heatmap_of", computed)
+        with_store = page_output(page)
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    prepared.path_for(precompute.store_folder(), precompute.file_sha256(store)).unlink()
+    without = page_output(page)  # computed on the fly
+    assert with_store == without
