@@ -111,3 +111,49 @@ def test_pages_read_the_prepared_results_and_show_the_same_without_them(store, m
     prepared.path_for(precompute.store_folder(), precompute.file_sha256(store)).unlink()
     without = page_output(page)  # computed on the fly
     assert with_store == without
+
+
+def test_prepared_by_hand_example_equals_the_pages_own(tmp_path, monkeypatch):
+    from h2oapp import by_hand
+
+    monkeypatch.setenv("H2OSIM_APP_CACHE", str(tmp_path / "store"))
+    prepared.write_by_hand(precompute.store_folder())
+    stored = prepared.read_by_hand(precompute.store_folder())
+    source, k, recent, layer, unit = prepared.by_hand_default()
+    decisions, scores, compared = prepared.stored_by_hand(stored, source, k, recent, layer, unit)
+    trace = by_hand.toy_trace(list(source[1]), list(source[2]))
+    fresh_decisions, fresh_scores, fresh_compared = by_hand.worked_example(trace, k, recent)
+    assert decisions == fresh_decisions and len(decisions) == 4  # the worked example's 4 steps
+    assert np.array_equal(scores, fresh_scores, equal_nan=True)
+    assert list(compared) == list(fresh_compared) == list(by_hand.COMPARED)
+    for name, result in compared.items():
+        assert_same_result(result, fresh_compared[name])
+    # other settings are not stored; nor is anything made by other code
+    assert prepared.stored_by_hand(stored, source, k, recent - 1, layer, unit) is None
+    monkeypatch.setattr(prepared, "_VERSION", "another version")
+    assert prepared.read_by_hand(precompute.store_folder()) == {}
+
+
+def test_by_hand_page_reads_the_prepared_example_and_shows_the_same_without_it(
+    tmp_path, monkeypatch
+):
+    from h2oapp import by_hand
+
+    monkeypatch.setenv("H2OSIM_APP_CACHE", str(tmp_path / "store"))
+    prepared.write_by_hand(precompute.store_folder())
+
+    def shown() -> tuple:
+        st.cache_data.clear()
+        st.cache_resource.clear()
+        app = AppTest.from_file(str(REPO_ROOT / "app" / "main.py"), default_timeout=60)
+        app.run()
+        assert not app.exception, app.exception
+        tables = [table.value.to_json() for table in app.dataframe]
+        assert tables and app.markdown
+        return [m.value for m in app.markdown], tables, [h.proto.body for h in app.get("html")]
+
+    with monkeypatch.context() as patched:
+        patched.setattr(by_hand, "worked_example", lambda *a: pytest.fail("computed again"))
+        with_store = shown()
+    prepared.by_hand_path(precompute.store_folder()).unlink()
+    assert with_store == shown()

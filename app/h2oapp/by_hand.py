@@ -159,6 +159,15 @@ def compare(
     return results
 
 
+def worked_example(
+    trace: Trace, budget: int, recent: int, layer: int | None = None, unit: int = 0
+) -> tuple[list[Decision], np.ndarray, dict[str, ReplayResult]]:
+    """What the page shows: the decisions of :func:`walk_through`, its
+    :func:`score_matrix` ``(n, n)`` and the :func:`compare` replays."""
+    result, decisions, history = walk_through(trace, budget, recent, layer, unit)
+    return decisions, score_matrix(result, history, unit), compare(trace, budget, recent, layer)
+
+
 def reason(decision: Decision, tokens: list[str]) -> str:
     """Why the evicted token left, in words. Example: "lowest score of the 3 candidates
     (0.278 < laughed 0.478)"."""

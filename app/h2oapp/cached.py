@@ -140,6 +140,12 @@ def replay_result(
     return prepared.replay_of(load_trace(key), policy, params, budget, options, output_error)
 
 
+@st.cache_resource(show_spinner=False)
+def by_hand_example() -> dict[str, Any]:
+    """What setup prepared for the by-hand page's opening example, read once."""
+    return prepared.read_by_hand(precompute.store_folder())
+
+
 @st.cache_resource(max_entries=16, show_spinner=False)
 def _prepared(key: TraceKey) -> dict[str, Any]:
     """What setup prepared for this trace file's cold page runs, read once."""

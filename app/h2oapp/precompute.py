@@ -156,6 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         Path(os.environ.get("H2OSIM_TRACE_DIR", REPO_ROOT / "traces")).glob("*.npz")
     )
     names = policy_names() if args.all_policies else [n for n in CLASSROOM if n in policy_names()]
+    if not (args.if_stale and prepared.read_by_hand(store_folder())):
+        print(f"Algorithm 1 by hand, opening example -> {prepared.write_by_hand(store_folder())}")
     for path in traces:
         sha = file_sha256(path)
         if args.if_stale and read_payload(sha):

@@ -2,7 +2,9 @@
 
 The Eviction dynamics page opens on two replays (``h2o`` and ``window`` at budget 0.2,
 default parameters and replay options) and the Trace explorer on the showcase head's
-heatmap (log colour scale). Both are most of those pages' first script run, so
+heatmap (log colour scale), and Algorithm 1 by hand on its worked example (three
+replays, ``opt`` among them: numba's first call). Those are most of the pages' first
+script run, so
 ``app/h2oapp/precompute.py`` (``make setup``) also writes them here, one ``.npz`` per
 trace beside the race payload, named by the trace file's SHA-256. The file is read
 without unpickling (``allow_pickle=False``: plain arrays, plus one JSON text member).
@@ -85,59 +87,136 @@ def path_for(folder: Path, sha256: str) -> Path:
     return folder / f"{sha256[:24]}.views.npz"
 
 
-def write(folder: Path, trace: Trace, sha256: str, showcase: tuple[int, int]) -> Path:
-    """Compute the cold runs' results of one trace and store them (atomically)."""
-    arrays: dict[str, np.ndarray] = {}
-    results = {}
-    for policy in DYNAMICS:
-        result = replay_of(trace, policy, default_params(policy), DYNAMICS_BUDGET, DEFAULT_OPTIONS)
-        for name in ARRAYS:
-            if getattr(result, name) is not None:
-                arrays[f"{policy}.{name}"] = getattr(result, name)
-        results[policy] = {
-            "policy": result.policy, "description": result.description, "online": result.online,
-            "budget": result.budget, "n": result.n, "prompt_length": result.prompt_length,
-            "config": dataclasses.asdict(result.config),
-            "unit_labels": [list(label) for label in result.unit_labels],
-            "seconds": result.seconds, "summary": result.summary, "kind": result.kind,
-        }  # fmt: skip
-    layer, head = showcase
-    meta = {"format": FORMAT, "trace_sha256": sha256, "version": _VERSION,
-            "replays": results, "heatmap": {"layer": layer, "head": head, "log_scale": True,
-                                            "spec": heatmap_of(trace, layer, head, True)}}  # fmt: skip
+def _pack(result: ReplayResult, prefix: str, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    """A replay as JSON-ready fields; its arrays go into ``arrays`` as ``prefix.name``."""
+    for name in ARRAYS:
+        if getattr(result, name) is not None:
+            arrays[f"{prefix}.{name}"] = getattr(result, name)
+    return {
+        "policy": result.policy, "description": result.description, "online": result.online,
+        "budget": result.budget, "n": result.n, "prompt_length": result.prompt_length,
+        "config": dataclasses.asdict(result.config),
+        "unit_labels": [list(label) for label in result.unit_labels],
+        "seconds": result.seconds, "summary": result.summary, "kind": result.kind,
+    }  # fmt: skip
+
+
+def _unpack(fields: dict[str, Any], prefix: str, stored: Any) -> ReplayResult:
+    """:func:`_pack` reversed, reading the arrays from the open ``.npz``."""
+    config = dict(fields["config"])
+    if config.get("layers") is not None:
+        config["layers"] = tuple(config["layers"])
+    arrays = {name: stored.get(f"{prefix}.{name}") for name in ARRAYS}
+    return ReplayResult(**{
+        **fields, "config": ReplayConfig(**config),
+        "unit_labels": tuple(tuple(label) for label in fields["unit_labels"]), **arrays,
+    })  # fmt: skip
+
+
+def _save(path: Path, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> Path:
     arrays["meta"] = np.array(json.dumps(meta, default=json_default))
-    path = path_for(folder, sha256)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path) as handle:
         np.savez(handle, **arrays)
     return path
 
 
+def _load(path: Path, trace_sha256: str | None, read: Any) -> dict[str, Any]:
+    """``read(meta, npz)`` on a stored file made by this code for this trace, else {}."""
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            meta = json.loads(str(stored["meta"]))
+            if meta.get("format") != FORMAT or meta.get("trace_sha256") != trace_sha256:
+                return {}
+            if meta.get("version") != _VERSION:
+                return {}  # other code made it: compute instead
+            return read(meta, stored)
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile):
+        return {}
+
+
+def write(folder: Path, trace: Trace, sha256: str, showcase: tuple[int, int]) -> Path:
+    """Compute the cold runs' results of one trace and store them (atomically)."""
+    arrays: dict[str, np.ndarray] = {}
+    results = {}
+    for policy in DYNAMICS:
+        result = replay_of(trace, policy, default_params(policy), DYNAMICS_BUDGET, DEFAULT_OPTIONS)
+        results[policy] = _pack(result, policy, arrays)
+    layer, head = showcase
+    meta = {"format": FORMAT, "trace_sha256": sha256, "version": _VERSION,
+            "replays": results, "heatmap": {"layer": layer, "head": head, "log_scale": True,
+                                            "spec": heatmap_of(trace, layer, head, True)}}  # fmt: skip
+    return _save(path_for(folder, sha256), meta, arrays)
+
+
 def read(folder: Path, sha256: str) -> dict[str, Any]:
     """The stored results of the trace with this SHA-256: ``replays`` (policy name ->
     ReplayResult) and ``heatmap`` (layer, head, log_scale, spec); empty when there are
     none or they were made by other code."""
-    try:
-        with np.load(path_for(folder, sha256), allow_pickle=False) as stored:
-            meta = json.loads(str(stored["meta"]))
-            if meta.get("format") != FORMAT or meta.get("trace_sha256") != sha256:
-                return {}
-            if meta.get("version") != _VERSION:
-                return {}  # other code made it: compute instead
-            replays = {}
-            for policy, fields in meta["replays"].items():
-                config = dict(fields["config"])
-                if config.get("layers") is not None:
-                    config["layers"] = tuple(config["layers"])
-                arrays = {name: stored.get(f"{policy}.{name}") for name in ARRAYS}
-                replays[policy] = ReplayResult(**{
-                    **fields, "config": ReplayConfig(**config),
-                    "unit_labels": tuple(tuple(label) for label in fields["unit_labels"]),
-                    **arrays,
-                })  # fmt: skip
-    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile):
-        return {}
-    return {"replays": replays, "heatmap": meta["heatmap"]}
+
+    def results(meta: dict[str, Any], stored: Any) -> dict[str, Any]:
+        replays = {policy: _unpack(fields, policy, stored)
+                   for policy, fields in meta["replays"].items()}  # fmt: skip
+        return {"replays": replays, "heatmap": meta["heatmap"]}
+
+    return _load(path_for(folder, sha256), sha256, results)
+
+
+# ----------------------------------------------------------------- Algorithm 1 by hand
+def by_hand_path(folder: Path) -> Path:
+    return folder / "by-hand.views.npz"
+
+
+def by_hand_default() -> tuple[tuple, int, int, None, int]:
+    """The by-hand page's opening ``(source, k, recent, layer, unit)``: the worked
+    example of :mod:`h2oapp.by_hand` in toy mode (no trace: the same for every trace)."""
+    from h2oapp import by_hand
+
+    tokens = by_hand.words(by_hand.DEFAULT_SENTENCE)
+    weights = tuple(float(w) for w in by_hand.default_weights(tokens))
+    k = min(by_hand.DEFAULT_BUDGET, len(tokens) - 1)
+    return ("toy", tuple(tokens), weights), k, min(by_hand.DEFAULT_RECENT, k), None, 0
+
+
+def write_by_hand(folder: Path) -> Path:
+    """The by-hand page's opening walk-through (:func:`h2oapp.by_hand.worked_example`)."""
+    from h2oapp import by_hand
+
+    source, k, recent, layer, unit = by_hand_default()
+    trace = by_hand.toy_trace(list(source[1]), list(source[2]))
+    decisions, scores, compared = by_hand.worked_example(trace, k, recent, layer, unit)
+    arrays: dict[str, np.ndarray] = {"scores": scores}
+    meta = {"format": FORMAT, "trace_sha256": None, "version": _VERSION,
+            "opening": json.loads(json.dumps(by_hand_default())),
+            "decisions": [{**dataclasses.asdict(d), "scores": list(d.scores.items())}
+                          for d in decisions],
+            "compared": {name: _pack(r, name, arrays) for name, r in compared.items()}}  # fmt: skip
+    return _save(by_hand_path(folder), meta, arrays)
+
+
+def read_by_hand(folder: Path) -> dict[str, Any]:
+    """The stored walk-through: ``opening`` (the settings, as JSON lists) and ``worked``
+    (decisions, scores, compared), or {} when none or made by other code."""
+    from h2oapp import by_hand
+
+    def worked(meta: dict[str, Any], stored: Any) -> dict[str, Any]:
+        decisions = [by_hand.Decision(**{**d, "scores": {int(j): float(v) for j, v in d["scores"]}})
+                     for d in meta["decisions"]]  # fmt: skip
+        compared = {
+            name: _unpack(fields, name, stored) for name, fields in meta["compared"].items()
+        }
+        return {"opening": meta["opening"], "worked": (decisions, stored["scores"], compared)}
+
+    return _load(by_hand_path(folder), None, worked)
+
+
+def stored_by_hand(
+    stored: dict[str, Any], source: tuple, k: int, recent: int, layer: int | None, unit: int
+) -> tuple | None:
+    """The stored walk-through when these are the page's opening settings, else None."""
+    if not stored or json.loads(json.dumps([source, k, recent, layer, unit])) != stored["opening"]:
+        return None
+    return stored["worked"]
 
 
 def stored_replay(

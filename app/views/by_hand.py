@@ -3,7 +3,7 @@
 import numpy as np
 import pandas as pd
 import streamlit as st
-from h2oapp import analysis, by_hand, cached, figures, live_runs
+from h2oapp import analysis, by_hand, cached, figures, live_runs, prepared
 from h2oapp.controls import (
     PAPER,
     default,
@@ -105,14 +105,16 @@ share_state(budget=k)
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def worked(source: tuple, k: int, recent: int, layer: int | None, unit: int):
-    """The walk-through and the side-by-side replays (cached: reruns only redraw)."""
+    """The walk-through and the side-by-side replays (cached: reruns only redraw); the
+    opening example is read from setup's store (:mod:`h2oapp.prepared`) when it holds it."""
+    stored = prepared.stored_by_hand(cached.by_hand_example(), source, k, recent, layer, unit)
+    if stored is not None:
+        return stored
     if source[0] == "toy":
         replayed = by_hand.toy_trace(list(source[1]), list(source[2]))
     else:
         replayed = cached.load_trace(source[1])
-    result, decisions, history = by_hand.walk_through(replayed, k, recent, layer, unit)
-    compared = by_hand.compare(replayed, k, recent, layer)
-    return decisions, by_hand.score_matrix(result, history, unit), compared
+    return by_hand.worked_example(replayed, k, recent, layer, unit)
 
 
 decisions, scores, compared = worked(source, k, recent, layer, unit)  # scores: (n, n)
