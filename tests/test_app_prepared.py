@@ -157,3 +157,22 @@ def test_by_hand_page_reads_the_prepared_example_and_shows_the_same_without_it(
         with_store = shown()
     prepared.by_hand_path(precompute.store_folder()).unlink()
     assert with_store == shown()
+
+
+def test_a_prepared_trace_is_not_validated_again_any_other_is(store, monkeypatch, tmp_path):
+    from h2oapp import cached
+
+    validated: list[str] = []
+    real_validate = Trace.validate
+    other = tmp_path / "other.npz"
+    synthetic_trace(36, layers=1, heads=4, kv_heads=2, head_dim=8, seed=6).save(other)
+    monkeypatch.setattr(
+        Trace, "validate", lambda self: validated.append(self.path.name) or real_validate(self)
+    )
+    assert cached.load_trace(cached.trace_key(store)).n == 36  # setup validated these bytes
+    assert cached.load_trace(cached.trace_key(other)).n == 36
+    assert validated == ["other.npz"]
+    st.cache_resource.clear()
+    monkeypatch.setattr(prepared, "_VERSION", "another version")  # made by other code: check
+    cached.load_trace(cached.trace_key(store))
+    assert validated == ["other.npz", "t.npz"]

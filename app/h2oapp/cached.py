@@ -53,8 +53,16 @@ def trace_key(path: str | os.PathLike[str]) -> TraceKey:
 
 @st.cache_resource(max_entries=8, show_spinner="Loading and checking the trace ...")
 def load_trace(key: TraceKey) -> Trace:
-    """The validated trace (TraceError when the file breaks the format)."""
-    return Trace.load(key[0])
+    """The validated trace (TraceError when the file breaks the format). A file whose
+    bytes setup already loaded and validated with this code (its prepared views exist,
+    :mod:`h2oapp.prepared`) is not checked again: the check is most of a cold load."""
+    return Trace.load(key[0], validate=not _prepared(key))
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def _sha256(key: TraceKey) -> str:
+    """The SHA-256 of the trace file's bytes, the setup store's name for it."""
+    return precompute.file_sha256(key[0])
 
 
 # ----------------------------------------------------------------- trace explorer
@@ -149,13 +157,13 @@ def by_hand_example() -> dict[str, Any]:
 @st.cache_resource(max_entries=16, show_spinner=False)
 def _prepared(key: TraceKey) -> dict[str, Any]:
     """What setup prepared for this trace file's cold page runs, read once."""
-    return prepared.read(precompute.store_folder(), precompute.file_sha256(key[0]))
+    return prepared.read(precompute.store_folder(), _sha256(key))
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
 def _stored(key: TraceKey) -> dict[str, Any]:
     """What setup precomputed for this trace file (:mod:`h2oapp.precompute`), read once."""
-    return precompute.read_payload(precompute.file_sha256(key[0]))
+    return precompute.read_payload(_sha256(key))
 
 
 def precomputed_record(

@@ -13,7 +13,9 @@ Invalidation follows the race payload (:mod:`h2oapp.precompute`): a file is read
 when its trace SHA-256 and :func:`h2osim.code_version` match; it also carries a hash
 of the app's own sources (``app/h2oapp``, ``app/views``), since the heatmap spec is
 app code. Anything else misses and the page computes on the fly (the same functions,
-:func:`replay_of` and :func:`heatmap_of`, so stored and live results are equal).
+:func:`replay_of` and :func:`heatmap_of`, so stored and live results are equal). Setup
+loads every trace it prepares with full validation, so the app loads a trace whose
+prepared views it finds without validating it again (:func:`h2oapp.cached.load_trace`).
 """
 
 from __future__ import annotations
