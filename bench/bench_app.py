@@ -244,19 +244,19 @@ def start_server(port: int, log: Path) -> subprocess.Popen:
 
 
 def ensure_precomputed(paths: list[Path]) -> str:
-    """``make setup``'s step (``precompute.py --if-stale``) for these traces, so the race
-    reads the stored cells as a set-up server does (the store is keyed on the library's
-    code version: any change to h2osim/ makes it stale). Says what it did."""
+    """``make setup``'s step (``precompute.py --if-stale``) for these traces, so the pages
+    read the stored race cells and opening views as a set-up server does (both are keyed on
+    the code version: any change to h2osim/ or app/ makes them stale; the step redoes only
+    what is stale). Says what it did."""
     from h2oapp import precompute
 
     stale = [p for p in paths if not precompute.read_payload(precompute.file_sha256(p))]
-    if not stale:
-        return f"race store current for all {len(paths)} traces ({precompute.store_folder()})"
     started = time.perf_counter()
     subprocess.run([sys.executable, str(REPO_ROOT / "app" / "h2oapp" / "precompute.py"),
-                    *map(str, stale)], check=True, stdout=subprocess.DEVNULL)  # fmt: skip
-    return (f"race store was stale for {len(stale)} of {len(paths)} traces: precomputed in "
-            f"{time.perf_counter() - started:.0f} s (as make setup does)")  # fmt: skip
+                    "--if-stale", *map(str, paths)], check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+    return (f"precompute.py --if-stale: race cells were stale for {len(stale)} of {len(paths)} "
+            f"traces; {time.perf_counter() - started:.0f} s (as make setup does; "
+            f"{precompute.store_folder()})")  # fmt: skip
 
 
 def load() -> str:
