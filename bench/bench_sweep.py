@@ -45,6 +45,34 @@ def load() -> str:
     return " ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
+def timed_plan(cell, units: list[int]) -> float:
+    from h2osim.sweep import plan_unit
+
+    started = time.perf_counter()
+    for unit in units:
+        plan_unit(cell, unit)
+    return time.perf_counter() - started
+
+
+def plan_ceiling(client, cell) -> str:
+    """The split's own ceiling on this machine: 4 units' plans on one worker alone, then 4
+    on each of the two workers at once (after a warm-up plan on each worker, so the trace
+    is open and the solver loaded). The solver streams an (n, n) float64 matrix,
+    so two processes share the memory bus as well as the cores."""
+    workers = sorted(client.scheduler_info()["workers"])[:2]
+    client.gather([client.submit(timed_plan, cell, [8 + i], workers=[w], pure=False)
+                   for i, w in enumerate(workers)])  # fmt: skip
+    alone = client.submit(timed_plan, cell, [0, 1, 2, 3], workers=[workers[0]],
+                          pure=False).result()  # fmt: skip
+    both = client.gather([client.submit(timed_plan, cell, [4 * i, 4 * i + 1, 4 * i + 2,
+                                                           4 * i + 3], workers=[w], pure=False)
+                          for i, w in enumerate(workers)])  # fmt: skip
+    return (
+        f"4 units' plans alone {alone:.2f} s; 4 on each of two workers at once {both[0]:.2f} {both[1]:.2f} s "
+        f"-> throughput x{2 * alone / max(both):.2f} (the most the split can gain here)"
+    )
+
+
 def noop(i: int) -> int:
     return i
 
@@ -217,6 +245,7 @@ def main() -> None:
             grid = Grid([trace_ref(path)], policy_specs(["opt"], {}), [args.opt_budget],
                         [RunConfig(output_error=False)])  # fmt: skip
             units = grid.traces[0].units(grid.configs[0])
+            print(f"   ceiling: {plan_ceiling(client, grid.cells()[0])}")
             started = time.perf_counter()
             whole = run_grid(grid, split="cell")  # plans every unit in reset, as replay does
             whole_s = time.perf_counter() - started
