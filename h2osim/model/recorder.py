@@ -104,15 +104,7 @@ class _RowStore:
         device: gathered there (only the lower triangle), then copied off it."""
         import torch
 
-        if weights is None:
-            raise _no_weights(f"layer {layer} returned no attention weights")
-        want = (1, self.num_heads, stop - start, stop)
-        if tuple(weights.shape) != want:
-            raise ValueError(
-                f"layer {layer} returned attention of shape {tuple(weights.shape)} at rows "
-                f"{start}..{stop - 1}, expected {want}: a sliding-window or otherwise "
-                "limited cache cannot be traced; choose full-attention layers with --layers"
-            )
+        check_weights(layer, weights, self.num_heads, start, stop)
         begin, end = row_start(start), row_start(stop)
         if stop - start == 1:  # one decode row
             self.packed[layer][:, begin:end] = weights[0, :, 0].float().cpu().numpy()  # (H, t+1)
@@ -152,15 +144,7 @@ class _SparseRowStore(_RowStore):
     def add_layer(self, layer: int, weights, start: int, stop: int) -> None:
         """One layer's rows ``start..stop-1`` (``weights`` (1, H, stop-start, stop), any
         device), sparsified a block at a time on the CPU and appended in row order."""
-        if weights is None:
-            raise _no_weights(f"layer {layer} returned no attention weights")
-        want = (1, self.num_heads, stop - start, stop)
-        if tuple(weights.shape) != want:
-            raise ValueError(
-                f"layer {layer} returned attention of shape {tuple(weights.shape)} at rows "
-                f"{start}..{stop - 1}, expected {want}: a sliding-window or otherwise "
-                "limited cache cannot be traced; choose full-attention layers with --layers"
-            )
+        check_weights(layer, weights, self.num_heads, start, stop)
         first = start
         while first < stop:
             count = min(stop - first, sparse_block_rows(first, self.num_heads, stop))
@@ -214,6 +198,19 @@ def _no_weights(what: str) -> Exception:
         f"{what}; attention weights need attn_implementation='eager' (sdpa/flash kernels "
         "never materialise them)"
     )
+
+
+def check_weights(layer: int, weights, num_heads: int, start: int, stop: int) -> None:
+    """A layer's attention for rows ``start..stop-1`` must be ``(1, H, stop-start, stop)``."""
+    if weights is None:
+        raise _no_weights(f"layer {layer} returned no attention weights")
+    want = (1, num_heads, stop - start, stop)
+    if tuple(weights.shape) != want:
+        raise ValueError(
+            f"layer {layer} returned attention of shape {tuple(weights.shape)} at rows "
+            f"{start}..{stop - 1}, expected {want}: a sliding-window or otherwise "
+            "limited cache cannot be traced; choose full-attention layers with --layers"
+        )
 
 
 def record(
