@@ -1,4 +1,4 @@
-"""Atomic file writing.
+"""Atomic file writing, and the one file hash.
 
 Every file h2osim writes (traces, reports, plots) goes through :func:`atomic_write`:
 the bytes land in a temporary file in the target's folder, are flushed and fsynced,
@@ -11,6 +11,7 @@ A SIGKILL can leave the hidden temporary file behind; it never has the target's 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -19,6 +20,16 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+
+def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 22) -> str:
+    """Hex SHA-256 of a file's bytes, read in 4 MiB chunks: a trace's identity in the
+    results store and the app's setup files, and the model cache's key of a GGUF."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 @contextlib.contextmanager

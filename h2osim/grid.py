@@ -54,6 +54,7 @@ from typing import Any
 import h2osim
 from h2osim.engine import ReplayConfig
 from h2osim.errors import UserError
+from h2osim.files import file_sha256 as file_hash  # a trace's identity in the store
 from h2osim.policies import Policy, make_policy, policy_names
 
 FIXED = None  # budget_requested of a policy that sets its own budget (full, absolute sizes)
@@ -116,15 +117,6 @@ def parse_budgets(text: str, flag: str = "--sweep") -> list[float]:
         except ArgumentValueError as exc:
             raise ValueError(f"{flag}: {exc}") from None
     return budgets
-
-
-def file_hash(path: str | os.PathLike[str]) -> str:
-    """SHA-256 of a file's bytes (hex). A trace's identity in the store, whatever its name."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def canonical(value: Any) -> str:

