@@ -9,9 +9,19 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from collections.abc import Iterable
 from pathlib import Path
 
 __version__ = "0.1.0"
+
+
+def source_hash(root: Path, paths: Iterable[Path]) -> str:
+    """Hex SHA-256 of source files: each one's path relative to ``root`` and its bytes, in
+    sorted order. What :func:`code_version` (and the app's own version) are made of."""
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 @functools.cache
@@ -21,8 +31,5 @@ def code_version() -> str:
     Stored results (the results store, the app's precomputed race) are keyed by it, so an
     edited checkout never reuses numbers that other code computed.
     """
-    digest = hashlib.sha256()
     package = Path(__file__).resolve().parent
-    for path in sorted(package.rglob("*.py")):
-        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
-    return f"{__version__}+{digest.hexdigest()[:12]}"
+    return f"{__version__}+{source_hash(package, package.rglob('*.py'))[:12]}"

@@ -21,7 +21,6 @@ prepared views it finds without validating it again (:func:`h2oapp.cached.load_t
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import zipfile
 from pathlib import Path
@@ -45,10 +44,8 @@ APP_ROOT = Path(__file__).resolve().parents[1]
 
 def _app_version() -> str:
     """The library's code version and a hash of the app's sources."""
-    digest = hashlib.sha256()
-    for path in sorted([*APP_ROOT.glob("h2oapp/*.py"), *APP_ROOT.glob("views/*.py")]):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    return f"{h2osim.code_version()}+app.{digest.hexdigest()[:16]}"
+    sources = [*APP_ROOT.glob("h2oapp/*.py"), *APP_ROOT.glob("views/*.py")]
+    return f"{h2osim.code_version()}+app.{h2osim.source_hash(APP_ROOT, sources)[:16]}"
 
 
 _VERSION = _app_version()  # read only by the code that made them
