@@ -300,7 +300,11 @@ def read_part(part: Path) -> list[dict[str, Any]]:
                 else "column types differ")  # fmt: skip
         raise StoreError(f"results store part {part} does not have the store schema ({what}); "
                          "delete that file (its rows are recomputed) or use a new --store")  # fmt: skip
-    return _rows_of(table)
+    try:
+        return _rows_of(table)
+    except (ValueError, TypeError) as exc:  # an evicted_shape that does not fit its schedule
+        raise StoreError(f"results store part {part} is corrupt ({exc}); delete that file "
+                         "(its rows are recomputed) or use a new --store") from None  # fmt: skip
 
 
 def _rows_of(table) -> list[dict[str, Any]]:

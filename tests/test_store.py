@@ -90,6 +90,14 @@ def write_bad(folder: Path, kind: str) -> Path:
         part.write_bytes(data[: len(data) // 2])
     elif kind == "schema":
         pq.write_table(pa.table({"key": ["k"], "policy": ["h2o"]}), part)
+    elif kind == "shape":  # the store schema, but a schedule its shape does not fit
+        row = {name: None for name in COLUMNS} | {
+            "key": "k",
+            "policy": "h2o",
+            "evicted_at": [1, 2, 3],
+            "evicted_shape": [2, 2],
+        }
+        pq.write_table(pa.Table.from_pylist([row], schema=schema()), part)
     elif kind == "marker":
         (store / MARKER).write_text("{not json")
     elif kind == "foreign":
@@ -105,6 +113,7 @@ def write_bad(folder: Path, kind: str) -> Path:
 
 @pytest.mark.parametrize(("kind", "needle"), [
     ("garbage", "is corrupt"), ("truncated", "is corrupt"), ("schema", "missing ["),
+    ("shape", "cannot reshape"),
     ("marker", "is corrupt"), ("foreign", "not an h2osim results store"), ("file", "is a file"),
 ])  # fmt: skip
 def test_broken_store_is_one_line_exit_2(tmp_path, kind, needle):
